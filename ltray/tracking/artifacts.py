@@ -1,0 +1,274 @@
+"""Run and sweep artifacts in MLflow: the per-class table and plot of a trial, the summary of a sweep
+(data_and_eval.md §3 per-run metrics, §9 summary across splits)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from mlflow.entities import Metric, Run
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_METRICS_PER_BATCH
+
+from ltray.errors import DataError, LtrayError
+from ltray.eval.metrics import GROUP_NAMES, format_summary_table, summarize_runs, summary_metrics, write_summary_csv
+from ltray.tracking.runs import (
+    ROLE_PARENT,
+    TAG_CONFIG_KEY,
+    TAG_FINAL_KEYS,
+    TAG_PARENT,
+    TAG_ROLE,
+    TAG_SWEEP,
+    TAG_TRIAL,
+)
+from ltray.tracking.store import check_tracking_reachable, sqlite_path
+
+SummaryRow = tuple[str, Mapping[str, object]]
+PER_CLASS_CSV = "per_class.csv"
+PER_CLASS_PNG = "per_class.png"
+SUMMARY_MD = "summary.md"
+SUMMARY_CSV = "summary.csv"
+DEFAULT_CONFIG_KEY = "default"
+GROUP_COLOURS = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
+
+
+def _class_groups(groups: Mapping[str, Sequence[int]] | None, num_classes: int) -> list[str]:
+    labels = [""] * num_classes
+    for name, members in (groups or {}).items():
+        for class_id in np.asarray(members, dtype=np.int64).tolist():
+            if not 0 <= class_id < num_classes:
+                raise DataError(f"group {name!r} names class {class_id}, outside [0, {num_classes})")
+            labels[class_id] = name
+    return labels
+
+
+def _checked(per_class_acc: Sequence[float], train_counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    accuracy = np.asarray(per_class_acc, dtype=np.float64)
+    counts = np.asarray(train_counts, dtype=np.int64)
+    if accuracy.ndim != 1 or accuracy.shape != counts.shape:
+        raise DataError(
+            f"per-class accuracy and training counts must be 1-D of the same length, "
+            f"got {accuracy.shape} and {counts.shape}"
+        )
+    return accuracy, counts
+
+
+def per_class_table(
+    per_class_acc: Sequence[float],
+    train_counts: Sequence[int],
+    class_names: Sequence[str] | None = None,
+    groups: Mapping[str, Sequence[int]] | None = None,
+) -> str:
+    """CSV with one row per class: class_id, class_name, group, train_count, accuracy (%, full precision; "nan"
+    for a class without test example). Name and group are empty when not given."""
+    accuracy, counts = _checked(per_class_acc, train_counts)
+    if class_names is not None and len(class_names) != accuracy.size:
+        raise DataError(f"{len(class_names)} class names for {accuracy.size} classes")
+    group_labels = _class_groups(groups, accuracy.size)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["class_id", "class_name", "group", "train_count", "accuracy"])
+    for class_id in range(accuracy.size):
+        name = class_names[class_id] if class_names is not None else ""
+        writer.writerow([class_id, name, group_labels[class_id], int(counts[class_id]), repr(float(accuracy[class_id]))])
+    return buffer.getvalue()
+
+
+def plot_per_class(
+    per_class_acc: Sequence[float],
+    train_counts: Sequence[int],
+    path: Path,
+    groups: Mapping[str, Sequence[int]] | None = None,
+) -> Path:
+    """Scatter of per-class test accuracy (%) against the class's training count (log x axis), one point per class,
+    coloured by Many/Medium/Few when `groups` is given. Written as PNG via a temporary name, then moved."""
+    accuracy, counts = _checked(per_class_acc, train_counts)
+    if counts.size and counts.min() <= 0:
+        raise DataError("training counts must be positive for a log axis")
+    figure = Figure(figsize=(6.0, 4.0), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    labels = np.asarray(_class_groups(groups, accuracy.size), dtype=object)
+    for name in (*GROUP_NAMES, ""):
+        selected = labels == name
+        if selected.any():
+            axes.scatter(
+                counts[selected], accuracy[selected], s=14,
+                color=GROUP_COLOURS.get(name, "tab:gray"), label=name or None,
+            )
+    axes.set_xscale("log")
+    axes.set_xlabel("training images of the class (log scale)")
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_ylim(-2.0, 102.0)
+    axes.grid(True, which="both", alpha=0.3)
+    if groups:
+        axes.legend(loc="lower right")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".png")
+    os.close(handle)
+    try:
+        figure.savefig(temporary, format="png")
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def log_run_artifacts(
+    client: MlflowClient,
+    run_id: str,
+    per_class_acc: Sequence[float],
+    train_counts: Sequence[int],
+    groups: Mapping[str, Sequence[int]] | None,
+    class_names: Sequence[str] | None = None,
+) -> None:
+    """Attach `per_class.csv` and `per_class.png` to a trial's run."""
+    with tempfile.TemporaryDirectory(prefix="ltray-artifacts-") as folder:
+        (Path(folder) / PER_CLASS_CSV).write_text(per_class_table(per_class_acc, train_counts, class_names, groups))
+        plot_per_class(per_class_acc, train_counts, Path(folder) / PER_CLASS_PNG, groups)
+        client.log_artifacts(run_id, folder)
+
+
+def _metric_prefix(config_name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-. :]", "_", config_name) + "/"
+
+
+def sweep_summary_metrics(summary_rows: Sequence[SummaryRow]) -> dict[str, float]:
+    """Parent-run metrics `<metric>_mean`, `<metric>_std`, `n_runs` (data_and_eval.md §9); with several
+    configurations in one sweep each key is prefixed by its configuration, e.g. `simclr/all_mean`."""
+    metrics: dict[str, float] = {}
+    for config_name, summary in summary_rows:
+        prefix = _metric_prefix(config_name) if len(summary_rows) > 1 else ""
+        metrics.update({f"{prefix}{key}": value for key, value in summary_metrics(summary).items()})
+    return metrics
+
+
+def log_sweep_summary(
+    client: MlflowClient,
+    parent_run_id: str,
+    summary_rows: Sequence[SummaryRow],
+    markdown: str,
+    csv_text: str,
+) -> dict[str, float]:
+    """Attach `summary.md` and `summary.csv` to the sweep's parent run and log its summary metrics.
+
+    `summary_rows` are (configuration name, `ltray.eval.metrics.summarize_runs` result) pairs. Configurations
+    without any complete run (n_runs 0) only contribute `n_runs`. Returns the logged metrics.
+    """
+    metrics = sweep_summary_metrics(summary_rows)
+    timestamp = int(time.time() * 1000)
+    entries = [Metric(key, float(value), timestamp, 0) for key, value in metrics.items()]
+    for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
+        client.log_batch(parent_run_id, metrics=entries[start : start + MAX_METRICS_PER_BATCH])
+    with tempfile.TemporaryDirectory(prefix="ltray-summary-") as folder:
+        (Path(folder) / SUMMARY_MD).write_text(markdown)
+        (Path(folder) / SUMMARY_CSV).write_text(csv_text)
+        client.log_artifacts(parent_run_id, folder)
+    return metrics
+
+
+def summary_csv(summary_rows: Sequence[SummaryRow]) -> str:
+    """The CSV text of `ltray.eval.metrics.write_summary_csv` for these rows."""
+    with tempfile.TemporaryDirectory(prefix="ltray-summary-") as folder:
+        path = Path(folder) / SUMMARY_CSV
+        write_summary_csv(summary_rows, path)
+        return path.read_text()
+
+
+def _all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> Iterator[Run]:
+    token: str | None = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _all_experiment_ids(client: MlflowClient) -> list[str]:
+    ids: list[str] = []
+    token: str | None = None
+    while True:
+        page = client.search_experiments(max_results=1000, page_token=token)
+        ids += [experiment.experiment_id for experiment in page]
+        token = page.token
+        if not token:
+            return ids
+
+
+def _empty_summary(missing: list[str]) -> dict[str, object]:
+    return {"n_runs": 0, "runs": [], "missing": missing, "mean": {}, "std": {}}
+
+
+def _final_report(child: Run, trial: str) -> dict[str, object] | None:
+    """The trial's final figures when it FINISHED and logged all of them (`ltray.final_keys`), else None."""
+    final_keys = json.loads(child.data.tags.get(TAG_FINAL_KEYS, "[]"))
+    if child.info.status != "FINISHED" or not final_keys:
+        return None
+    if any(key not in child.data.metrics for key in final_keys):
+        return None
+    return {"run": trial, **{key: child.data.metrics[key] for key in final_keys}}
+
+
+def sweep_summary_rows(client: MlflowClient, parent: Run) -> list[SummaryRow]:
+    """Summaries of a sweep's child runs, grouped by their `ltray.config_key` tag (sorted by key).
+
+    A trial run again under the same name counts once, by its latest run. A trial counts when that run FINISHED
+    with its final figures; every other trial (failed, killed, still running, no final report) is listed as
+    missing and excluded.
+    """
+    children = _all_runs(client, [parent.info.experiment_id], f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'")
+    latest: dict[str, dict[str, Run]] = {}
+    for child in sorted(children, key=lambda run: (run.info.start_time or 0, run.info.run_id)):
+        config_key = child.data.tags.get(TAG_CONFIG_KEY, DEFAULT_CONFIG_KEY)
+        trial = child.data.tags.get(TAG_TRIAL, child.info.run_name or child.info.run_id)
+        latest.setdefault(config_key, {})[trial] = child
+    rows: list[SummaryRow] = []
+    for config_key in sorted(latest):
+        trials = latest[config_key]
+        reports = [report for trial, child in trials.items() if (report := _final_report(child, trial)) is not None]
+        if reports:
+            rows.append((config_key, summarize_runs(reports, expected=list(trials))))
+        else:
+            rows.append((config_key, _empty_summary(list(trials))))
+    return rows
+
+
+def find_sweep_parent(client: MlflowClient, sweep_name: str) -> Run:
+    """The latest parent run tagged `ltray.sweep = sweep_name` in any experiment; LtrayError listing the known
+    sweeps otherwise."""
+    if not sweep_name or "'" in sweep_name or '"' in sweep_name:
+        raise LtrayError(f"invalid sweep name {sweep_name!r}")
+    experiment_ids = _all_experiment_ids(client)
+    parent_filter = f"tags.`{TAG_ROLE}` = '{ROLE_PARENT}'"
+    parents = list(_all_runs(client, experiment_ids, f"tags.`{TAG_SWEEP}` = '{sweep_name}' and {parent_filter}"))
+    if parents:
+        return max(parents, key=lambda run: run.info.start_time or 0)
+    known = sorted({run.data.tags.get(TAG_SWEEP, "") for run in _all_runs(client, experiment_ids, parent_filter)} - {""})
+    listing = ", ".join(known) if known else "none"
+    raise LtrayError(f"no sweep named {sweep_name!r} in the MLflow store; known sweeps: {listing}")
+
+
+def fetch_sweep_summary(tracking_uri: str, sweep_name: str) -> str:
+    """Rebuild the Markdown summary table of a sweep from its parent and child runs (`ltray report --sweep`)."""
+    if tracking_uri.lower().startswith("sqlite:") and not sqlite_path(tracking_uri).is_file():
+        raise LtrayError(f"no MLflow store at {sqlite_path(tracking_uri)}; pass the tracking URI the sweep used")
+    check_tracking_reachable(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    parent = find_sweep_parent(client, sweep_name)
+    rows = sweep_summary_rows(client, parent)
+    if not rows:
+        raise LtrayError(f"sweep {sweep_name!r} (run {parent.info.run_id}) has no trial runs yet")
+    return format_summary_table(rows)
