@@ -1,0 +1,387 @@
+"""One typed configuration object, validated on the driver, that flows from the CLI to every worker.
+
+A config is a tree of dataclasses. It is read from YAML (`load_config`) and overridden with dotted
+`key=value` pairs (`method.temperature=0.3`). Every value is validated up front by `validate`, which raises
+`ConfigError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from ltray.errors import ConfigError
+
+ARRAY_DATASETS = ("scenes-lt", "digits-lt", "cifar10", "cifar100")
+LIST_DATASETS = ("imagenet100", "imagenet-lt", "places-lt")
+DATASETS = ARRAY_DATASETS + LIST_DATASETS
+ARCHS = ("resnet18_cifar", "resnet50_cifar", "resnet50")
+SPLIT_PROTOCOLS = ("sdclr", "cao", "custom")
+EVAL_PROTOCOLS = ("sdclr_sgd", "bcl_adam", "gh_adam", "lotar_adam")
+GROUPINGS = ("thirds", "thresholds", "lotar_343")
+AUG_PRESETS = ("sdclr", "gh", "lotar")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "scenes-lt"
+    root: str | None = None
+    splits_dir: str | None = None
+    split: int = 1
+    subset: str = "D_i"
+    split_protocol: str = "sdclr"
+    aug_preset: str = "sdclr"
+    train_list: str | None = None
+    val_list: str | None = None
+    test_list: str | None = None
+    fewshot_list: str | None = None
+    full_list: str | None = None
+    extra_data: str | None = None
+    loader_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet18_cifar"
+    width: float = 1.0
+    channels_last: bool = False
+    sync_bn: bool = True
+
+
+@dataclass
+class SDCLRConfig:
+    prune_ratio: float = 0.9
+    random_prune_fraction: float = 0.0
+    dual_bn: bool = True
+    head_layers: int = 3
+    mask_seed: int = 0
+
+
+@dataclass
+class FocalConfig:
+    gamma: float = 2.0
+
+
+@dataclass
+class LoTaRConfig:
+    distance: str = "euclid_raw"
+    sign: int = 1
+    detach_weight: bool = False
+
+
+@dataclass
+class BCLConfig:
+    beta: float = 0.97
+    rand_k: int = 1
+    strength: int = 30
+
+
+@dataclass
+class GHConfig:
+    target_dim: int = 100
+    warmup: int = 500
+    ramp_epochs: int = 10
+    beta: float = 0.999
+    sinkhorn_iters: int = 300
+    prior_refresh: str = "iteration"
+    target_construction: str = "qr"
+    approximate_target: bool = False
+    target_seed: int = 0
+
+
+@dataclass
+class COLTConfig:
+    warmup: int = 100
+    interval: int = 25
+    budget: int = 10000
+    topk: int = 10
+    clusters: int = 10
+    cluster_temperature: float = 1.0
+    beta: float = 0.97
+    sup_weight: float = 0.2
+    lr_total: str = "reference"
+    kmeans_seed: int = 0
+    pool: str = "embedded"
+    pool_path: str | None = None
+    pool_size: int = 10000
+
+
+@dataclass
+class MethodConfig:
+    name: str = "simclr"
+    temperature: float = 0.2
+    sdclr: SDCLRConfig = field(default_factory=SDCLRConfig)
+    focal: FocalConfig = field(default_factory=FocalConfig)
+    lotar: LoTaRConfig = field(default_factory=LoTaRConfig)
+    bcl: BCLConfig = field(default_factory=BCLConfig)
+    gh: GHConfig = field(default_factory=GHConfig)
+    colt: COLTConfig = field(default_factory=COLTConfig)
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "sgd"
+    lr: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lars_eta: float = 1e-3
+    epochs: int = 2000
+    batch_size: int = 512
+    warmup_epochs: int = 10
+    min_lr: float = 1e-6
+    schedule: str = "cosine"
+    lr_step_after: bool = False
+    gh_lr_min_stage1: float = 0.3
+    gh_lr_max_stage2: float = 0.3
+
+
+@dataclass
+class EvalConfig:
+    protocol: str = "sdclr_sgd"
+    grouping: str = "thirds"
+    full_shot: bool = True
+    few_shot: bool = True
+    kshot: int = 10
+    kshot_draws: int = 3
+    probe_epochs_scale: float = 1.0
+    knn_every: int = 0
+    knn_k: int = 50
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 10
+    device: str = "auto"
+    amp: str = "auto"
+    checkpoint_every: int = 10
+    progress: str = "auto"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, overrides: dict[str, Any]) -> Config:
+        """A validated copy with dotted-key overrides applied (used by sweeps)."""
+        new = copy.deepcopy(self)
+        for key, value in overrides.items():
+            set_dotted(new, key, value)
+        validate(new)
+        return new
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return get_type_hints(type(obj))
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    text = str(annotation)
+    if dataclasses.is_dataclass(annotation):
+        raise ConfigError(f"{key} is a section, not a value")
+    if value is None:
+        if "None" in text:
+            return None
+        raise ConfigError(f"{key} may not be null")
+    if annotation is bool or text.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation is int or text.startswith("int"):
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            if isinstance(value, str):
+                try:
+                    return int(value)
+                except ValueError:
+                    pass
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if annotation is float or text.startswith("float"):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"{key} must be a single value, got {value!r}")
+    return str(value)
+
+
+def set_dotted(cfg: Config, key: str, value: Any) -> None:
+    """Set `section.sub.key` on a config, coercing the value to the field's type."""
+    parts = key.split(".")
+    node: Any = cfg
+    for i, part in enumerate(parts):
+        types = _field_types(node)
+        if part not in types:
+            where = ".".join(parts[:i]) or "the config"
+            known = ", ".join(sorted(types))
+            raise ConfigError(f"unknown config key '{key}' ({where} has: {known})")
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(types[part]):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{key} is a section; give a mapping or set its keys")
+                for sub, sub_value in value.items():
+                    set_dotted(cfg, f"{key}.{sub}", sub_value)
+            else:
+                setattr(node, part, _coerce(value, types[part], key))
+        else:
+            node = getattr(node, part)
+            if not dataclasses.is_dataclass(node):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])} is a value, not a section")
+
+
+def _apply_mapping(cfg: Config, mapping: dict[str, Any], prefix: str = "") -> None:
+    for key, value in mapping.items():
+        set_dotted(cfg, f"{prefix}{key}", value)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse `a.b=value`; the value is read as YAML (so `0.5`, `true`, `null` get their types)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Read a YAML config (or start from defaults), apply overrides, validate."""
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            mapping = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
+            raise ConfigError(f"config file {p} is not valid YAML: {first}") from None
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        _apply_mapping(cfg, mapping)
+    if isinstance(overrides, dict):
+        _apply_mapping(cfg, overrides)
+    else:
+        for text in overrides or []:
+            key, value = parse_override(text)
+            set_dotted(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(mapping: dict[str, Any]) -> Config:
+    """Rebuild a config from `Config.to_dict()` output (e.g. inside a Ray worker or from a checkpoint)."""
+    cfg = Config()
+    _apply_mapping(cfg, mapping)
+    validate(cfg)
+    return cfg
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _one_of(value: Any, allowed: tuple[Any, ...], key: str) -> None:
+    _check(value in allowed, f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Check every value and every combination; raise ConfigError on the first problem."""
+    from ltray.methods.registry import parse_method
+
+    d, m, mo, o, e, r = cfg.data, cfg.method, cfg.model, cfg.optim, cfg.eval, cfg.run
+    _one_of(d.dataset, DATASETS, "data.dataset")
+    _check(d.split >= 1, f"data.split must be >= 1, got {d.split}")
+    _one_of(d.subset, ("D_i", "D_b"), "data.subset")
+    _one_of(d.split_protocol, SPLIT_PROTOCOLS, "data.split_protocol")
+    _one_of(d.aug_preset, AUG_PRESETS, "data.aug_preset")
+    _check(d.loader_workers >= 0, "data.loader_workers must be >= 0")
+    if d.dataset in LIST_DATASETS:
+        _check(d.root is not None, f"data.root is required for {d.dataset} (the image root)")
+        _check(d.train_list is not None, f"data.train_list is required for {d.dataset}")
+    _one_of(mo.arch, ARCHS, "model.arch")
+    _check(mo.width > 0, f"model.width must be > 0, got {mo.width}")
+    _check(m.temperature > 0, f"method.temperature must be > 0, got {m.temperature}")
+    parse_method(m.name)
+    _check(0 <= m.sdclr.prune_ratio < 1, f"method.sdclr.prune_ratio must be in [0, 1), got {m.sdclr.prune_ratio}")
+    _check(
+        0 <= m.sdclr.random_prune_fraction <= m.sdclr.prune_ratio,
+        "method.sdclr.random_prune_fraction must be in [0, prune_ratio]",
+    )
+    _one_of(m.sdclr.head_layers, (2, 3), "method.sdclr.head_layers")
+    _check(m.focal.gamma >= 0, f"method.focal.gamma must be >= 0, got {m.focal.gamma}")
+    _one_of(m.lotar.distance, ("euclid_raw", "euclid_norm", "cosine"), "method.lotar.distance")
+    _one_of(m.lotar.sign, (1, -1), "method.lotar.sign")
+    _check(0 <= m.bcl.beta < 1, "method.bcl.beta must be in [0, 1)")
+    _check(m.bcl.rand_k >= 1, "method.bcl.rand_k must be >= 1")
+    _check(0 < m.bcl.strength <= 30, "method.bcl.strength must be in (0, 30]")
+    _check(m.gh.target_dim >= 2, "method.gh.target_dim must be >= 2")
+    _check(m.gh.warmup >= 0, f"method.gh.warmup must be >= 0, got {m.gh.warmup}")
+    _check(m.gh.ramp_epochs >= 1, "method.gh.ramp_epochs must be >= 1")
+    _check(0 <= m.gh.beta < 1, "method.gh.beta must be in [0, 1)")
+    _check(m.gh.sinkhorn_iters >= 1, "method.gh.sinkhorn_iters must be >= 1")
+    _one_of(m.gh.prior_refresh, ("iteration", "epoch_end"), "method.gh.prior_refresh")
+    _one_of(m.gh.target_construction, ("qr", "polar"), "method.gh.target_construction")
+    if m.gh.target_dim > 128 + 1 and not m.gh.approximate_target:
+        raise ConfigError(
+            f"method.gh.target_dim={m.gh.target_dim} exceeds d+1=129: no simplex ETF exists; "
+            "set method.gh.approximate_target=true to use an approximate target"
+        )
+    c = m.colt
+    _check(c.warmup >= 0, f"method.colt.warmup must be >= 0, got {c.warmup}")
+    _check(c.interval >= 1, f"method.colt.interval must be >= 1, got {c.interval}")
+    _check(c.budget >= 1, f"method.colt.budget must be >= 1, got {c.budget}")
+    _check(c.topk >= 1, "method.colt.topk must be >= 1")
+    _check(c.clusters >= 1, "method.colt.clusters must be >= 1")
+    _check(c.cluster_temperature > 0, "method.colt.cluster_temperature must be > 0")
+    _check(0 <= c.beta < 1, "method.colt.beta must be in [0, 1)")
+    _check(c.sup_weight >= 0, "method.colt.sup_weight must be >= 0")
+    _one_of(c.lr_total, ("reference", "exact"), "method.colt.lr_total")
+    _one_of(c.pool, ("embedded", "random300k", "list", "parquet"), "method.colt.pool")
+    _check(c.pool_size >= 1, "method.colt.pool_size must be >= 1")
+    _one_of(o.optimizer, ("sgd", "lars"), "optim.optimizer")
+    _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
+    _check(0 <= o.momentum < 1, "optim.momentum must be in [0, 1)")
+    _check(o.weight_decay >= 0, "optim.weight_decay must be >= 0")
+    _check(o.epochs >= 1, f"optim.epochs must be >= 1, got {o.epochs}")
+    _check(o.batch_size >= 2, f"optim.batch_size must be >= 2, got {o.batch_size}")
+    _check(o.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0")
+    _check(0 < o.min_lr <= o.lr, "optim.min_lr must be in (0, optim.lr]")
+    _one_of(o.schedule, ("cosine", "gh_two_stage"), "optim.schedule")
+    _one_of(e.protocol, EVAL_PROTOCOLS, "eval.protocol")
+    _one_of(e.grouping, GROUPINGS, "eval.grouping")
+    _check(e.kshot >= 1, "eval.kshot must be >= 1")
+    _check(e.kshot_draws >= 1, "eval.kshot_draws must be >= 1")
+    _check(0 < e.probe_epochs_scale <= 1, "eval.probe_epochs_scale must be in (0, 1]")
+    _check(e.knn_every >= 0, "eval.knn_every must be >= 0")
+    _check(r.checkpoint_every >= 1, "run.checkpoint_every must be >= 1")
+    _one_of(r.device, ("auto", "cpu", "cuda"), "run.device")
+    _one_of(r.amp, ("auto", "off", "bf16", "fp16"), "run.amp")
+    _one_of(r.progress, ("auto", "on", "off"), "run.progress")
+    _check(bool(r.name) and "/" not in r.name, f"run.name must be a plain name, got {r.name!r}")

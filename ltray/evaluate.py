@@ -1,0 +1,178 @@
+"""The evaluation protocol of a pre-trained backbone: full-shot, few-shot and k-shot linear probes, per-class
+accuracy, Many / Medium / Few and their Std (specs/data_and_eval.md §3, §8)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ltray.config import Config, config_from_dict
+from ltray.data.loading import RunData, load_run_data
+from ltray.errors import CheckpointError, LtrayError
+from ltray.eval.features import extract_features
+from ltray.eval.metrics import format_summary_table, group_classes, summarize_runs
+from ltray.eval.probe import CIFAR_FEW, CIFAR_FULL, ProbeSchedule, adam_probe, kshot_probe, sdclr_sgd_probe
+from ltray.methods.registry import parse_method
+from ltray.models.contrastive import ContrastiveModel, build_model
+from ltray.train.checkpoint import load_checkpoint
+
+HEADLINE = ("all", "many", "medium", "few", "group_std", "class_std")
+
+
+def scaled_schedule(schedule: ProbeSchedule, factor: float) -> ProbeSchedule:
+    """The same schedule with epochs, milestones and validation interval scaled by `factor` (small CPU runs)."""
+    if factor == 1.0:
+        return schedule
+    epochs = max(1, round(schedule.epochs * factor))
+    milestones = tuple(sorted({min(epochs, max(1, round(m * factor))) for m in schedule.milestones}))
+    every = max(1, round(schedule.validate_every * factor))
+    return dataclasses.replace(schedule, name=f"{schedule.name}_x{factor:g}", epochs=epochs, milestones=milestones,
+                               validate_every=every)
+
+
+def _flat(prefix: str, report: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}_{key}": float(value) for key, value in report.items() if isinstance(value, (int, float))}
+
+
+def evaluate_backbone(cfg: Config, backbone: nn.Module, data: RunData, device: torch.device) -> dict[str, Any]:
+    """Run the configured probes on a frozen backbone; returns flat figures plus per-class accuracies."""
+    e = cfg.eval
+    groups = group_classes(data.pretrain_counts, e.grouping)
+    test_x, test_y = data.test.images, data.test.labels
+    full_x, full_y = data.role_images("train_full")
+    figures: dict[str, float] = {}
+    per_class: dict[str, list[float]] = {}
+    seed = cfg.run.seed
+    if e.protocol == "sdclr_sgd":
+        if e.full_shot:
+            val_x, val_y = data.role_images("val")
+            result = sdclr_sgd_probe(
+                backbone, full_x, full_y, val_x, val_y, test_x, test_y, data.num_classes,
+                schedule=scaled_schedule(CIFAR_FULL, e.probe_epochs_scale), device=device, seed=seed, groups=groups,
+            )
+            figures.update(_flat("full", result.report))
+            per_class["full"] = result.per_class_acc.tolist()
+        if e.few_shot:
+            val_x, val_y = data.role_images("val")
+            few_x, few_y = data.role_images("S_b")
+            result = sdclr_sgd_probe(
+                backbone, few_x, few_y, val_x, val_y, test_x, test_y, data.num_classes,
+                schedule=scaled_schedule(CIFAR_FEW, e.probe_epochs_scale), device=device, seed=seed, groups=groups,
+            )
+            figures.update(_flat("few", result.report))
+            per_class["few"] = result.per_class_acc.tolist()
+    adam_epochs = max(1, math.ceil(500 * e.probe_epochs_scale)) if e.probe_epochs_scale < 1 else None
+    train_features = extract_features(backbone, full_x, device=device)
+    test_features = extract_features(backbone, test_x, device=device)
+    preset = "bcl_adam" if e.protocol == "sdclr_sgd" else e.protocol
+    if e.protocol != "sdclr_sgd" and e.full_shot:
+        result = adam_probe(train_features, full_y, test_features, test_y, data.num_classes, preset=preset,
+                            epochs=adam_epochs, seed=seed, groups=groups, device=device)
+        figures.update(_flat("full", result.report))
+        per_class["full"] = result.per_class_acc.tolist()
+    kshot = kshot_probe(
+        train_features, full_y, test_features, test_y, data.num_classes, k=e.kshot, draws=e.kshot_draws, seed=seed,
+        preset=preset, epochs=adam_epochs, groups=groups, device=device,
+    )
+    figures.update(_flat(f"shot{e.kshot}", kshot.mean_report))
+    per_class[f"shot{e.kshot}"] = np.mean([r.per_class_acc for r in kshot.results], axis=0).tolist()
+    return {
+        "figures": figures,
+        "per_class": per_class,
+        "pretrain_counts": data.pretrain_counts.tolist(),
+        "groups": {name: members.tolist() for name, members in groups.items()},
+        "class_names": list(data.class_names),
+        "protocol": e.protocol,
+        "grouping": e.grouping,
+    }
+
+
+def model_from_checkpoint(cfg: Config, path: Path, device: torch.device) -> ContrastiveModel:
+    """Rebuild the model an ltray checkpoint was trained with and load its weights."""
+    state = load_checkpoint(path, map_location=device)
+    saved = config_from_dict(state["config"])
+    spec = parse_method(saved.method.name)
+    options = {"head": "simclr", "dual_bn": False}
+    if spec.sdclr:
+        options = {"head": "sdclr3" if saved.method.sdclr.head_layers == 3 else "simclr",
+                   "dual_bn": saved.method.sdclr.dual_bn}
+    model = build_model(saved.model.arch, width=saved.model.width, **options).to(device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit its own model: {str(exc).splitlines()[0]}") from None
+    if saved.data.dataset != cfg.data.dataset:
+        raise LtrayError(f"checkpoint {path} was trained on {saved.data.dataset}, the config evaluates {cfg.data.dataset}")
+    return model
+
+
+def evaluate_checkpoint(cfg: Config, checkpoint: str, *, published: bool = False, out: str | None = None) -> dict[str, Any]:
+    """`ltray eval`: load a checkpoint (ours, or a published SDCLR/COLT/MAK one), probe it, write the report JSON."""
+    from ltray.train.loop import select_device
+
+    device = select_device(cfg.run.device)
+    path = Path(checkpoint)
+    if published:
+        from ltray.models.published import load_published_backbone
+        from ltray.models.resnet import build_backbone
+
+        backbone = build_backbone(cfg.model.arch, width=cfg.model.width).to(device)
+        load_published_backbone(path, backbone)
+    else:
+        backbone = model_from_checkpoint(cfg, path, device).backbone
+    data = load_run_data(cfg)
+    report = evaluate_backbone(cfg, backbone, data, device)
+    report.update({"checkpoint": str(path), "dataset": cfg.data.dataset, "split": cfg.data.split,
+                   "method": cfg.method.name})
+    target = Path(out) if out else path.with_name(path.stem + "_eval.json")
+    if target.exists() and not out:
+        target = path.with_name(path.stem + f"_eval_{cfg.eval.protocol}.json")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(target)
+    report["report_path"] = str(target)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Human-readable figures of one evaluation."""
+    figures = report["figures"]
+    lines = [f"{report.get('method', '')} on {report.get('dataset', '')} split {report.get('split', '')}"]
+    for prefix in sorted({k.split("_", 1)[0] for k in figures}):
+        parts = []
+        for key in HEADLINE:
+            name = f"{prefix}_{key}"
+            if name in figures:
+                value = figures[name]
+                parts.append(f"{key} {value:.4f}" if key.endswith("std") else f"{key} {value:.2f}")
+        lines.append(f"  {prefix:>7}: " + ", ".join(parts))
+    names = report.get("class_names") or [str(i) for i in range(len(report["pretrain_counts"]))]
+    first = next(iter(report["per_class"]))
+    lines.append(f"  per-class ({first}), class: train count -> accuracy %")
+    for name, count, acc in zip(names, report["pretrain_counts"], report["per_class"][first]):
+        lines.append(f"    {name:>16}: {count:5d} -> {acc:6.2f}")
+    if "report_path" in report:
+        lines.append(f"  report: {report['report_path']}")
+    return "\n".join(lines)
+
+
+def summarize_report_files(paths: list[Path]) -> str:
+    """`ltray report FILE...`: mean ± std over several eval reports (e.g. the 5 splits of one configuration)."""
+    reports = []
+    for path in paths:
+        if not path.is_file():
+            raise LtrayError(f"report not found: {path}")
+        try:
+            reports.append(json.loads(path.read_text())["figures"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise LtrayError(f"{path} is not an ltray eval report") from None
+    summary = summarize_runs(reports)
+    return format_summary_table([("runs", summary)])

@@ -1,0 +1,93 @@
+"""The component interface: a method part is a set of optional hooks around the plain training step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from ltray.config import Config
+    from ltray.data.train_data import TrainData
+
+
+@dataclass
+class Step:
+    """One optimiser step's global batch, as every rank sees it after the all-gather.
+
+    z1, z2: [B, d] projector outputs (the local slice keeps its gradient); index: [B] dataset indices;
+    epoch: 0-based; iteration: 1-based global optimiser step.
+    """
+
+    z1: torch.Tensor
+    z2: torch.Tensor
+    index: torch.Tensor
+    epoch: int
+    iteration: int
+
+
+@dataclass
+class Term:
+    """An extra loss term decomposed per image: the loss adds weight · per_sample."""
+
+    name: str
+    weight: float
+    per_sample: torch.Tensor
+
+
+@dataclass
+class EpochContext:
+    """What epoch hooks may read or change: the model, the training data and an embedding function."""
+
+    epoch: int
+    model: torch.nn.Module
+    data: TrainData
+    device: torch.device
+    embed: Callable[[np.ndarray], np.ndarray]
+    log_artifact: Callable[[str, str], None]
+
+
+class Component:
+    """Default no-op hooks; a component overrides the ones it needs."""
+
+    name: str = "component"
+
+    def __init__(self, cfg: Config, dataset_size: int, device: torch.device) -> None:
+        self.cfg = cfg
+        self.dataset_size = dataset_size
+        self.device = device
+
+    def model_options(self) -> dict[str, Any]:
+        return {}
+
+    def on_epoch_start(self, ctx: EpochContext) -> None:
+        return None
+
+    def anchor_losses(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def sample_weights(self, step: Step) -> torch.Tensor | None:
+        return None
+
+    def extra_terms(self, step: Step) -> list[Term]:
+        return []
+
+    def observe(self, step: Step, base_per_sample: torch.Tensor) -> None:
+        return None
+
+    def on_epoch_end(self, ctx: EpochContext) -> None:
+        return None
+
+    def view_hook(self) -> Callable[..., torch.Tensor] | None:
+        return None
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None

@@ -1,0 +1,3 @@
+"""Registered method components; importing this package registers them all."""
+
+from ltray.methods.components import bcl, colt, focal, gh, lotar, sdclr  # noqa: F401

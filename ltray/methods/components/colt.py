@@ -1,0 +1,83 @@
+"""COLT: online OOD sampling around tail-like ID regions plus the domain-level SupCon term (specs/colt.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+from ltray.losses.supcon import domain_supcon
+from ltray.losses.tailness import colt_instant_tailness
+from ltray.methods.base import Component, EpochContext, Step, Term
+from ltray.methods.registry import register
+from ltray.select.colt import colt_select, is_resample_epoch, validate_colt_config
+from ltray.train import distributed as dist_utils
+from ltray.train.state import IndexedEMA
+
+
+@register("colt")
+class COLT(Component):
+    """Tracks the tailness EMA S of ID items in the training step; at resample epochs replaces the OOD subset of
+    the training set with `budget` pool items picked near low-S k-means clusters of the ID embeddings."""
+
+    def __init__(self, cfg, dataset_size: int, device: torch.device) -> None:
+        super().__init__(cfg, dataset_size, device)
+        self.tailness = IndexedEMA(dataset_size, device=device)
+        self.num_id = dataset_size
+        self.resamples = 0
+        self.ood_fraction = 0.0
+
+    def on_epoch_start(self, ctx: EpochContext) -> None:
+        c = self.cfg.method.colt
+        self.num_id = ctx.data.num_id
+        validate_colt_config(c.warmup, c.interval, c.budget, ctx.data.pool_size)
+        if not is_resample_epoch(ctx.epoch + 1, c.warmup, c.interval):
+            return
+        assert ctx.data.pool_images is not None
+        id_emb = ctx.embed(ctx.data.id_images)
+        pool_emb = ctx.embed(ctx.data.pool_images)
+        picks = torch.zeros(c.budget, dtype=torch.int64, device=ctx.device)
+        if dist_utils.rank() == 0:
+            scores = self.tailness.values[: self.num_id].cpu().numpy()
+            selection = colt_select(
+                id_emb, scores, pool_emb, c.budget, n_clusters=c.clusters,
+                cluster_temperature=c.cluster_temperature, random_state=c.kmeans_seed,
+            )
+            picks = torch.from_numpy(np.asarray(selection.picks, dtype=np.int64)).to(ctx.device)
+            ctx.log_artifact(
+                f"colt_picks_epoch{ctx.epoch + 1:04d}.json",
+                json.dumps({"epoch": ctx.epoch + 1, "budgets": np.asarray(selection.budgets).tolist(),
+                            "picks": picks.cpu().tolist()}),
+            )
+        if dist_utils.is_distributed():
+            torch.distributed.broadcast(picks, src=0)
+        ctx.data.set_active_pool(picks.cpu().numpy())
+        self.resamples += 1
+
+    def extra_terms(self, step: Step) -> list[Term]:
+        c = self.cfg.method.colt
+        is_ood = step.index >= self.num_id
+        self.ood_fraction = float(is_ood.float().mean())
+        if c.sup_weight == 0 or not bool(is_ood.any()):
+            return []
+        _, per_sample = domain_supcon(step.z1, step.z2, is_ood, self.cfg.method.temperature)
+        return [Term("colt_sup", c.sup_weight, per_sample)]
+
+    def observe(self, step: Step, base_per_sample: torch.Tensor) -> None:
+        c = self.cfg.method.colt
+        h = colt_instant_tailness(step.z1.detach(), step.z2.detach(), self.cfg.method.temperature, c.topk)
+        is_id = step.index < self.num_id
+        self.tailness.update(step.index[is_id], h[is_id], step.epoch, c.beta)
+
+    def metrics(self) -> dict[str, float]:
+        return {"colt_resamples": float(self.resamples), "colt_ood_fraction_last_batch": self.ood_fraction}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tailness": self.tailness.state_dict(), "resamples": self.resamples, "num_id": self.num_id}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tailness.load_state_dict(state["tailness"])
+        self.resamples = int(state["resamples"])
+        self.num_id = int(state["num_id"])

@@ -1,0 +1,363 @@
+"""The contrastive pre-training loop: plain PyTorch, single-process; Ray Train runs the same function per worker.
+
+One epoch: method epoch hooks (SDCLR mask refresh, COLT resampling) → shuffled distributed sampler over the
+current training set → per batch: gather uint8 images by dataset index, two batched augmented views, one model
+call, all-gather of the projections, the composed loss over the global batch, one backward, one optimiser step,
+per-index state updates → epoch hooks (BCL weights) → metrics, checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DistributedSampler
+
+from ltray.augment.batched import SimCLRViews
+from ltray.config import Config, config_from_dict
+from ltray.data.loading import RunData, load_run_data
+from ltray.errors import CheckpointError, ConfigError, TrainingDiverged
+from ltray.methods.method import Method, build_method
+from ltray.methods.base import EpochContext, Step
+from ltray.models.contrastive import ContrastiveModel, build_model
+from ltray.train import distributed as dist_utils
+from ltray.train.checkpoint import (
+    checkpoint_name,
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from ltray.losses.gh import gh_two_stage_lr
+from ltray.train.optim import build_optimizer, iteration_lr, set_lr
+
+
+class EpochReporter(Protocol):
+    """Receives per-epoch metrics and, on checkpoint epochs, the checkpoint folder (Ray Train / Tune plug in here)."""
+
+    def __call__(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None) -> None: ...
+
+
+@dataclass
+class PretrainResult:
+    run_dir: Path
+    checkpoint: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("run.device=cuda but no CUDA device is available")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPU by default; off on CPU (losses always run in float32)."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    return torch.bfloat16
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def local_batch_size(cfg: Config) -> int:
+    world = dist_utils.world_size()
+    if cfg.optim.batch_size % world:
+        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is not divisible by the {world} workers")
+    return cfg.optim.batch_size // world
+
+
+def iterations_per_epoch(num_items: int, local_batch: int) -> int:
+    per_rank = math.ceil(num_items / dist_utils.world_size())
+    return math.ceil(per_rank / local_batch)
+
+
+def total_iterations(cfg: Config, method: Method, num_id: int, local_batch: int) -> int:
+    """T for the per-iteration schedule; COLT's length accounts for the OOD phase (specs/colt.md §7)."""
+    id_len = iterations_per_epoch(num_id, local_batch)
+    if method.spec.has("colt"):
+        from ltray.select.colt import colt_lr_total
+
+        c = cfg.method.colt
+        return colt_lr_total(
+            c.warmup, cfg.optim.epochs, id_len, c.budget, local_batch, exact=c.lr_total == "exact", n_id=num_id,
+            world_size=dist_utils.world_size(),
+        )
+    return cfg.optim.epochs * id_len
+
+
+def _wrap_distributed(model: ContrastiveModel, cfg: Config, device: torch.device) -> nn.Module:
+    if not dist_utils.is_distributed():
+        return model
+    if cfg.model.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def _unwrap(model: nn.Module) -> ContrastiveModel:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model  # type: ignore[return-value]
+
+
+def embed_images(model: ContrastiveModel, images: np.ndarray, device: torch.device, batch: int = 512) -> np.ndarray:
+    """L2-normalised 128-d head outputs in eval mode with the inference transform (no augmentation)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch])).to(device)
+            x = x.permute(0, 3, 1, 2).float().div_(255.0)
+            out.append(nn.functional.normalize(model.embed(x).float(), dim=1).cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, 128), dtype=np.float32)
+
+
+class Pretrainer:
+    """Owns one pre-training run: model, optimiser, method state, data, checkpoints."""
+
+    def __init__(self, cfg: Config, data: RunData | None = None, reporter: EpochReporter | None = None) -> None:
+        self.cfg = cfg
+        self.rank = dist_utils.rank()
+        self.world = dist_utils.world_size()
+        self.device = select_device(cfg.run.device)
+        seed_everything(cfg.run.seed + self.rank)
+        self.data = data if data is not None else load_run_data(cfg)
+        self.train_data = self.data.train
+        self.method = build_method(cfg, self.train_data.index_space, self.device)
+        options = self.method.model_options()
+        torch.manual_seed(cfg.run.seed)
+        self.model = build_model(
+            cfg.model.arch, width=cfg.model.width, head=options["head"], dual_bn=options["dual_bn"]
+        ).to(self.device)
+        if cfg.model.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.pruned_second = bool(options["pruned_second"])
+        self.ddp_model = _wrap_distributed(self.model, cfg, self.device)
+        self.model = _unwrap(self.ddp_model)
+        o = cfg.optim
+        self.optimizer = build_optimizer(self.ddp_model.parameters(), o.optimizer, o.lr, o.momentum, o.weight_decay, o.lars_eta)
+        self.amp_dtype = autocast_dtype(cfg.run.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.local_batch = local_batch_size(cfg)
+        self.total_iters = total_iterations(cfg, self.method, self.train_data.num_id, self.local_batch)
+        self.warmup_iters = o.warmup_epochs * iterations_per_epoch(self.train_data.num_id, self.local_batch)
+        self.views = SimCLRViews(self.data.image_size, preset=cfg.data.aug_preset, extra=self.method.view_hook())
+        self.reporter = reporter
+        self.epoch = 0
+        self.iteration = 0
+        self.history: list[dict[str, float]] = []
+        self.mlflow_run_id: str | None = None
+        self.run_dir = cfg.run_dir
+        self.ckpt_dir = self.run_dir / "checkpoints"
+
+    # ----- checkpoints -------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "method": self.method.state_dict(),
+            "active_pool": torch.from_numpy(self.train_data.active_pool.copy()),
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+            "mlflow_run_id": self.mlflow_run_id,
+            "history": self.history,
+        }
+
+    def load_state(self, state: dict[str, Any], source: Path) -> None:
+        saved = config_from_dict(state["config"])
+        for key in ("method.name", "model.arch", "model.width", "data.dataset", "data.split", "data.subset"):
+            section, name = key.split(".")
+            if getattr(getattr(saved, section), name) != getattr(getattr(self.cfg, section), name):
+                raise CheckpointError(f"checkpoint {source} was made with a different {key}; refusing to resume")
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint {source} does not fit the model: {str(exc).splitlines()[0]}") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.method.load_state_dict(state["method"])
+        self.train_data.set_active_pool(state["active_pool"].numpy())
+        set_rng_state(state["rng"])
+        self.epoch = int(state["epoch"])
+        self.iteration = int(state["iteration"])
+        self.mlflow_run_id = state.get("mlflow_run_id")
+        self.history = list(state.get("history", []))
+
+    def resume_from(self, path: Path) -> None:
+        self.load_state(load_checkpoint(path, map_location=self.device), path)
+
+    def save(self) -> Path:
+        path = self.ckpt_dir / checkpoint_name(self.epoch)
+        if self.rank == 0:
+            save_checkpoint(path, self.state())
+        return path
+
+    # ----- training ----------------------------------------------------------------------------------------
+    def _epoch_context(self) -> EpochContext:
+        def log_artifact(name: str, text: str) -> None:
+            if self.rank == 0:
+                (self.run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "artifacts" / name).write_text(text)
+
+        return EpochContext(
+            epoch=self.epoch,
+            model=self.model,
+            data=self.train_data,
+            device=self.device,
+            embed=lambda images: embed_images(self.model, images, self.device),
+            log_artifact=log_artifact,
+        )
+
+    def _lr(self) -> float:
+        o = self.cfg.optim
+        if o.schedule == "gh_two_stage":
+            return gh_two_stage_lr(
+                self.epoch + 1, o.lr, self.cfg.method.gh.warmup, o.epochs,
+                lr_min_stage1=o.gh_lr_min_stage1, lr_max_stage2=o.gh_lr_max_stage2,
+            )
+        return iteration_lr(
+            self.iteration, lr=o.lr, warmup_iters=self.warmup_iters, total_iters=self.total_iters,
+            min_lr=o.min_lr, step_after=o.lr_step_after,
+        )
+
+    def _batches(self) -> list[np.ndarray]:
+        members = self.train_data.members()
+        sampler = DistributedSampler(
+            range(len(members)), num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.cfg.run.seed,
+            drop_last=False,
+        )
+        sampler.set_epoch(self.epoch)
+        order = members[np.fromiter(iter(sampler), dtype=np.int64)]
+        return [order[i : i + self.local_batch] for i in range(0, len(order), self.local_batch)]
+
+    def train_step(self, index: np.ndarray) -> dict[str, float]:
+        images = torch.from_numpy(self.train_data.images(index)).to(self.device, non_blocking=True)
+        index_t = torch.from_numpy(index).to(self.device)
+        v1, v2 = self.views(images, index_t, self.epoch, self.cfg.run.seed)
+        if self.cfg.model.channels_last:
+            v1 = v1.contiguous(memory_format=torch.channels_last)
+            v2 = v2.contiguous(memory_format=torch.channels_last)
+        self.iteration += 1
+        lr = self._lr()
+        set_lr(self.optimizer, lr)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            z1_local, z2_local = self.ddp_model(v1, v2, pruned_second=self.pruned_second)
+        z1 = dist_utils.gather_with_grad(z1_local.float())
+        z2 = dist_utils.gather_with_grad(z2_local.float())
+        step = Step(z1=z1, z2=z2, index=dist_utils.gather(index_t), epoch=self.epoch, iteration=self.iteration)
+        result = self.method.compute_loss(step)
+        if not torch.isfinite(result.loss):
+            raise TrainingDiverged(
+                f"loss is {float(result.loss)} at epoch {self.epoch + 1}, iteration {self.iteration}; "
+                "lower optim.lr or check the data"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(result.loss * self.world).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.method.observe(step, result)
+        return {"loss": float(result.loss.detach()), "lr": lr, **result.terms}
+
+    def train_epoch(self) -> dict[str, float]:
+        ctx = self._epoch_context()
+        self.method.on_epoch_start(ctx)
+        self.ddp_model.train()
+        batches = self._batches()
+        sums: dict[str, float] = {}
+        started = time.perf_counter()
+        show = self.cfg.run.progress == "on" or (self.cfg.run.progress == "auto" and sys.stderr.isatty())
+        iterator: Any = batches
+        if show and self.rank == 0:
+            from tqdm import tqdm
+
+            iterator = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}", leave=False)
+        seen = 0
+        for index in iterator:
+            values = self.train_step(index)
+            seen += len(index)
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + value
+        elapsed = time.perf_counter() - started
+        self.method.on_epoch_end(ctx)
+        metrics = {key: value / max(1, len(batches)) for key, value in sums.items()}
+        metrics["lr"] = values["lr"] if batches else 0.0
+        metrics["epoch_time_s"] = elapsed
+        metrics["images_per_s"] = seen * self.world / elapsed if elapsed > 0 else 0.0
+        metrics["train_size"] = float(len(self.train_data))
+        metrics.update(self.method.metrics())
+        return metrics
+
+    def run(self, monitor: Callable[[ContrastiveModel, int], dict[str, float]] | None = None) -> PretrainResult:
+        last: Path | None = latest_checkpoint(self.ckpt_dir)
+        while self.epoch < self.cfg.optim.epochs:
+            metrics = self.train_epoch()
+            self.epoch += 1
+            metrics["epoch"] = float(self.epoch)
+            if monitor is not None:
+                metrics.update(monitor(self.model, self.epoch))
+            self.history.append(metrics)
+            checkpoint_dir = None
+            if self.epoch % self.cfg.run.checkpoint_every == 0 or self.epoch == self.cfg.optim.epochs:
+                last = self.save()
+                checkpoint_dir = self.ckpt_dir
+            if self.rank == 0:
+                self._write_metrics(metrics)
+            if self.reporter is not None:
+                self.reporter(self.epoch, metrics, checkpoint_dir)
+        assert last is not None
+        return PretrainResult(run_dir=self.run_dir, checkpoint=last, history=self.history)
+
+    def _write_metrics(self, metrics: dict[str, float]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+
+def prepare_run_dir(cfg: Config, resume: bool) -> Path | None:
+    """Return the checkpoint to resume from; refuse to reuse a run folder that holds checkpoints without --resume."""
+    ckpt_dir = cfg.run_dir / "checkpoints"
+    latest = latest_checkpoint(ckpt_dir)
+    if latest is not None and not resume:
+        raise ConfigError(
+            f"{cfg.run_dir} already holds checkpoints; pass --resume to continue it or choose another run.name"
+        )
+    if resume and latest is None:
+        raise CheckpointError(f"--resume given but {ckpt_dir} holds no checkpoint")
+    return latest
+
+
+def pretrain(cfg: Config, *, resume: bool = False, reporter: EpochReporter | None = None, data: RunData | None = None) -> PretrainResult:
+    """Pre-train one model from a validated config (single process, or one Ray Train worker)."""
+    latest = prepare_run_dir(cfg, resume) if dist_utils.rank() == 0 else None
+    trainer = Pretrainer(cfg, data=data, reporter=reporter)
+    if resume:
+        path = latest or latest_checkpoint(trainer.ckpt_dir)
+        if path is None:
+            raise CheckpointError(f"--resume given but {trainer.ckpt_dir} holds no checkpoint")
+        trainer.resume_from(path)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    if dist_utils.rank() == 0:
+        (cfg.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    return trainer.run()
