@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from ltray.augment import rng
 from ltray.errors import ConfigError, DataError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 
 def is_distributed() -> bool:
@@ -64,3 +65,83 @@ def local_slice(global_tensor: torch.Tensor, local_size: int) -> torch.Tensor:
     """Rows of a gathered tensor (equal sizes per rank) that belong to this rank."""
     start = rank() * local_size
     return global_tensor[start : start + local_size]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward sums the incoming gradients over ranks too (every rank's output is the sum)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group) -> torch.Tensor:  # type: ignore[override]
+        ctx.group = group
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        total = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, group=ctx.group)
+        return total, None
+
+
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Synchronised BatchNorm for CPU workers (gloo), which torch's SyncBatchNorm and DDP reject.
+
+    In training with a process group, the global mean and biased variance come from two differentiable all-reduces
+    (Σx with the count, then Σ(x − mean)²), so every rank's input gets the gradient of one process on the global
+    batch; the running statistics take the unbiased global variance, as BatchNorm does. Otherwise it is BatchNorm.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training or not (dist.is_available() and dist.is_initialized()):
+            return super().forward(input)
+        self._check_input_dim(input)
+        x = input
+        group = dist.group.WORLD
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        local_count = torch.full((1,), float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device)
+        sums = _AllReduceSum.apply(torch.cat([x.sum(dims), local_count]), group)
+        count = int(sums[-1].item())
+        if count <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got {count} over all ranks")
+        mean = sums[:-1] / count
+        centred = x - mean.view(shape)
+        var = _AllReduceSum.apply(centred.pow(2).sum(dims), group) / count
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            with torch.no_grad():
+                self.running_mean.mul_(1.0 - factor).add_(mean.detach(), alpha=factor)
+                self.running_var.mul_(1.0 - factor).add_(var.detach() * (count / (count - 1)), alpha=factor)
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Make every BatchNorm under `module` synchronise over ranks: torch's SyncBatchNorm on accelerators,
+    `CPUSyncBatchNorm` (sharing the parameters and buffers) on CPU. Each copy of a dual BN becomes its own
+    synchronised BN, so each SDCLR branch synchronises its own statistics (sdclr.md §4)."""
+    if device.type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    converted = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        converted = CPUSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
+        if module.affine:
+            converted.weight = module.weight
+            converted.bias = module.bias
+        converted.running_mean = module.running_mean
+        converted.running_var = module.running_var
+        converted.num_batches_tracked = module.num_batches_tracked
+        converted.training = module.training
+    for name, child in module.named_children():
+        converted.add_module(name, convert_sync_batchnorm(child, device))
+    return converted

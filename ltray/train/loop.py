@@ -108,7 +108,7 @@ def _wrap_distributed(model: ContrastiveModel, cfg: Config, device: torch.device
     if not dist_utils.is_distributed():
         return model
     if cfg.model.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = dist_utils.convert_sync_batchnorm(model, device)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
