@@ -47,26 +47,28 @@ class RunData:
         return self.split.pretrain_counts()
 
 
-def load_base_sets(cfg: Config) -> tuple[ArraySource, ArraySource, tuple[str, ...]]:
+def splits_directory(cfg: Config) -> Path:
+    directory = Path(cfg.data.splits_dir) if cfg.data.splits_dir else default_splits_dir() / cfg.data.dataset
+    if not directory.is_dir():
+        raise DataError(f"split folder not found: {directory} (set data.splits_dir)")
+    return directory
+
+
+def load_base_sets_and_split(cfg: Config) -> tuple[ArraySource, ArraySource, tuple[str, ...], Split]:
+    """The base train and test sets, the class names and the configured split (file hashes and counts checked)."""
     name = cfg.data.dataset
     if name in ("scenes-lt", "digits-lt"):
-        from ltray.data.embedded import load_embedded
+        from ltray.data.embedded import load_embedded_split
 
-        data = load_embedded(name)
-        return data.train, data.test, tuple(data.class_names)
+        data, split = load_embedded_split(name, cfg.data.split, splits_directory(cfg))
+        return data.train, data.test, tuple(data.class_names), split
     if name in ("cifar10", "cifar100"):
         if cfg.data.root is None:
             raise ConfigError(f"data.root is required for {name}: a local torchvision-format CIFAR folder")
         train, test = load_cifar(cfg.data.root, name)
-        return train, test, tuple(str(c) for c in range(train.num_classes))
+        split = read_split(splits_directory(cfg), name, cfg.data.split, labels=train.labels)
+        return train, test, tuple(str(c) for c in range(train.num_classes)), split
     raise ConfigError(f"data set {name} is read from image lists; array training supports {', '.join(IMAGE_SIZE)}")
-
-
-def load_split(cfg: Config, labels: np.ndarray) -> Split:
-    directory = Path(cfg.data.splits_dir) if cfg.data.splits_dir else default_splits_dir() / cfg.data.dataset
-    if not directory.is_dir():
-        raise DataError(f"split folder not found: {directory} (set data.splits_dir)")
-    return read_split(directory, cfg.data.dataset, cfg.data.split, labels=labels)
 
 
 def load_pool(cfg: Config, image_size: int) -> ArraySource:
@@ -99,8 +101,7 @@ def load_extra_data(path: str) -> tuple[ArraySource, np.ndarray]:
 def load_run_data(cfg: Config) -> RunData:
     from ltray.methods.registry import parse_method
 
-    base_train, test, class_names = load_base_sets(cfg)
-    split = load_split(cfg, base_train.labels)
+    base_train, test, class_names, split = load_base_sets_and_split(cfg)
     subset = split.role(cfg.data.subset)
     if subset.indices is None:
         raise DataError(f"split role {cfg.data.subset} is not an index list")
