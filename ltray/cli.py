@@ -56,6 +56,8 @@ def cmd_splits_import(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from ltray.train.loop import pretrain
 
+    if args.extra_data:
+        args.overrides.append(f"data.extra_data={args.extra_data}")
     cfg = _load(args)
     result = pretrain(cfg, resume=args.resume)
     last = result.history[-1] if result.history else {}
@@ -152,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("pretrain", help="contrastive pre-training of one method on one split (single process)")
     _add_config_args(pre)
     pre.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    pre.add_argument("--extra-data", help="a MAK selection (`ltray mak sample` output) added to the training set")
     pre.set_defaults(func=cmd_pretrain)
 
     ev = sub.add_parser("eval", help="linear probes (full-shot, few-shot, k-shot) and Many/Medium/Few of a checkpoint")

@@ -1,0 +1,472 @@
+"""Embedding images for MAK's inference passes (specs/mak.md §1 step 2, §2) and COLT's pool scoring (colt.md §2):
+a Ray Data batch-inference job over a pool (`score_pool`, `score_arrays`) and the same computation as a plain loop
+(`embed_pool`) for use inside a training worker.
+
+For every image the job returns, keyed by its index and in eval mode without gradient:
+- `feature`: the backbone feature f under the inference transform (ToTensor), as is;
+- `projection`: the head output under the inference transform, L2-normalised (ẑ);
+- `aug_RRR` for each augmented pass r < R: ẑ of one random SimCLR training view, drawn with
+  `SimCLRViews.single_view(images, index, epoch=r, seed, view=0)`, so the view depends only on (seed, r, index).
+
+Results do not depend on how rows are batched or spread over actors. The model always runs on full batches of
+`batch_size` rows aligned to the row position: rows at positions [gB, (g+1)B) form batch g, each at slot
+position − gB, and missing rows are zero padding. Every row is computed independently of the others (eval-mode BN,
+per-image augmentation), so a row's output is the same bits wherever Ray sends it, and equal to `embed_pool`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from ltray.augment.batched import PRESETS, SimCLRViews
+from ltray.errors import ConfigError, DataError
+from ltray.eval.features import evaluating, module_device, to_float_nchw
+from ltray.models.branch import DENSE, branch
+from ltray.models.contrastive import ContrastiveModel, build_model
+from ltray.pools.store import image_array, images_from_column, open_pool_dataset, read_pool_info
+from ltray.select.mak import merge_passes
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from ltray.config import Config
+
+SCORES_FORMAT = "ltray-scores-v1"
+SCORES_MANIFEST = "scores.json"
+ROWS_FOLDER = "rows"
+INDEX = "pool_index"
+FEATURE = "feature"
+PROJECTION = "projection"
+
+
+def aug_column(pass_id: int) -> str:
+    """The column of augmented pass `pass_id`."""
+    return f"aug_{pass_id:03d}"
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """What a scoring run computes: the inference pass (f and ẑ) and/or R augmented passes (ẑ of one training
+    view each), with the augmentation seed and preset, on model batches of `batch_size` rows."""
+
+    inference: bool = True
+    aug_passes: int = 0
+    seed: int = 0
+    aug_preset: str = "sdclr"
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.aug_passes < 0:
+            raise ConfigError(f"the number of augmented passes must be >= 0, got {self.aug_passes}")
+        if not self.inference and self.aug_passes == 0:
+            raise ConfigError("a scoring run needs the inference pass or at least one augmented pass")
+        if self.aug_preset not in PRESETS:
+            raise ConfigError(f"aug_preset must be one of {sorted(PRESETS)}, got {self.aug_preset!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"the scoring batch size must be >= 1, got {self.batch_size}")
+        if self.seed < 0:
+            raise ConfigError(f"the augmentation seed must be >= 0, got {self.seed}")
+
+    @property
+    def columns(self) -> list[str]:
+        """The value columns, in output order."""
+        plain = [FEATURE, PROJECTION] if self.inference else []
+        return plain + [aug_column(r) for r in range(self.aug_passes)]
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """How to rebuild a ContrastiveModel: the backbone architecture and width, the head and dual BN."""
+
+    arch: str
+    width: float = 1.0
+    head: str = "simclr"
+    dual_bn: bool = False
+
+    def build(self) -> ContrastiveModel:
+        return build_model(self.arch, width=self.width, head=self.head, dual_bn=self.dual_bn)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ModelRecipe:
+        """The model a run with this config trains (the rule of `ltray.evaluate.model_from_checkpoint`)."""
+        from ltray.methods.registry import parse_method
+
+        if parse_method(cfg.method.name).sdclr:
+            head = "sdclr3" if cfg.method.sdclr.head_layers == 3 else "simclr"
+            return cls(cfg.model.arch, cfg.model.width, head, cfg.method.sdclr.dual_bn)
+        return cls(cfg.model.arch, cfg.model.width)
+
+
+@dataclass(frozen=True)
+class CheckpointModel:
+    """Each actor loads the model from an ltray checkpoint with `model_from_checkpoint` (config as a dict)."""
+
+    path: str
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StateDictModel:
+    """Each actor builds `recipe` and loads `state`: a state dict, or a Ray ObjectRef to one (`ray.put`)."""
+
+    recipe: ModelRecipe
+    state: Any
+
+
+ModelSource = CheckpointModel | StateDictModel
+
+
+def state_dict_model(model: ContrastiveModel, recipe: ModelRecipe) -> StateDictModel:
+    """Put a model's CPU state dict into the Ray object store once, for every actor to fetch."""
+    import ray
+
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    return StateDictModel(recipe, ray.put(state))
+
+
+def load_scoring_model(source: ModelSource, device: torch.device) -> ContrastiveModel:
+    """The model of a source on `device`, in eval mode."""
+    if isinstance(source, CheckpointModel):
+        from ltray.config import config_from_dict
+        from ltray.evaluate import model_from_checkpoint
+
+        model = model_from_checkpoint(config_from_dict(source.config), Path(source.path), device)
+    else:
+        state = source.state
+        if not isinstance(state, Mapping):
+            import ray
+
+            state = ray.get(state)
+        model = source.recipe.build()
+        model.load_state_dict(state)
+        model = model.to(device)
+    return model.eval()
+
+
+# ----- the computation ---------------------------------------------------------------------------------------------
+
+
+def _forward(
+    model: ContrastiveModel, images: torch.Tensor, index: torch.Tensor, spec: ScoringSpec, views: SimCLRViews | None
+) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad(), evaluating(model), branch(model, DENSE):
+        if spec.inference:
+            features = model.backbone(to_float_nchw(images))
+            out[FEATURE] = features.float()
+            out[PROJECTION] = F.normalize(model.head(features).float(), dim=1)
+        for pass_id in range(spec.aug_passes):
+            assert views is not None
+            view = views.single_view(images, index, epoch=pass_id, seed=spec.seed, view=0)
+            out[aug_column(pass_id)] = F.normalize(model.head(model.backbone(view)).float(), dim=1)
+    return out
+
+
+def score_rows(
+    model: ContrastiveModel,
+    images: np.ndarray,
+    index: np.ndarray,
+    position: np.ndarray,
+    spec: ScoringSpec,
+    views: SimCLRViews | None = None,
+) -> dict[str, np.ndarray]:
+    """The spec's columns for some rows: uint8 images [n, H, W, 3], their dataset `index` (the augmentation key)
+    and `position` (the batch alignment key, see the module docstring). Returns float32 [n, d] per column, rows in
+    input order. Runs on the model's device."""
+    if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8:
+        raise DataError(f"scoring expects uint8 images [n, H, W, 3], got {images.dtype} {images.shape}")
+    if index.shape != (images.shape[0],) or position.shape != (images.shape[0],):
+        raise DataError(f"{images.shape[0]} images need as many indices and positions")
+    if spec.aug_passes and views is None:
+        views = SimCLRViews(int(images.shape[1]), preset=spec.aug_preset)
+    device = module_device(model)
+    size = spec.batch_size
+    groups = position // size
+    results: dict[str, np.ndarray] = {}
+    for group in np.unique(groups):
+        members = np.flatnonzero(groups == group)
+        slots = position[members] - group * size
+        padded = np.zeros((size, *images.shape[1:]), dtype=np.uint8)
+        padded[slots] = images[members]
+        padded_index = np.zeros(size, dtype=np.int64)
+        padded_index[slots] = index[members]
+        batch = torch.from_numpy(padded).to(device)
+        keys = torch.from_numpy(padded_index).to(device)
+        for name, values in _forward(model, batch, keys, spec, views).items():
+            chosen = values[torch.from_numpy(slots).to(device)].cpu().numpy()
+            if name not in results:
+                results[name] = np.empty((images.shape[0], chosen.shape[1]), dtype=np.float32)
+            results[name][members] = chosen
+    return results
+
+
+@dataclass
+class PoolScores:
+    """Scoring results sorted by index: features f [M, d_f], normalised projections ẑ [M, 128] (inference pass),
+    and the R augmented passes ẑ⁽ʳ⁾ [M, 128]."""
+
+    index: np.ndarray
+    features: np.ndarray | None = None
+    projections: np.ndarray | None = None
+    aug_projections: list[np.ndarray] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+
+def embed_pool(
+    model: ContrastiveModel,
+    images: np.ndarray,
+    spec: ScoringSpec = ScoringSpec(),
+    index: np.ndarray | None = None,
+) -> PoolScores:
+    """The scoring computation as a plain loop in this process, on the model's device (e.g. inside a training
+    worker). `index` (default 0..n−1) keys the augmentation; rows are aligned by their position in `images`, so
+    for a whole pool the result equals the Ray job's bit for bit."""
+    count = int(images.shape[0])
+    keys = np.arange(count, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+    if keys.shape != (count,):
+        raise DataError(f"{count} images need {count} indices, got shape {keys.shape}")
+    if count == 0:
+        raise DataError("no images to embed")
+    views = SimCLRViews(int(images.shape[1]), preset=spec.aug_preset) if spec.aug_passes else None
+    columns: dict[str, list[np.ndarray]] = {}
+    step = spec.batch_size
+    for lo in range(0, count, step):
+        rows = np.ascontiguousarray(images[lo : lo + step])
+        position = np.arange(lo, lo + rows.shape[0], dtype=np.int64)
+        for name, values in score_rows(model, rows, keys[lo : lo + step], position, spec, views).items():
+            columns.setdefault(name, []).append(values)
+    merged = {name: np.concatenate(parts) for name, parts in columns.items()}
+    return _scores_from_columns(keys, merged, spec)
+
+
+def _scores_from_columns(index: np.ndarray, columns: Mapping[str, np.ndarray], spec: ScoringSpec) -> PoolScores:
+    return PoolScores(
+        index=index,
+        features=columns.get(FEATURE),
+        projections=columns.get(PROJECTION),
+        aug_projections=[columns[aug_column(r)] for r in range(spec.aug_passes)],
+    )
+
+
+# ----- the Ray Data job --------------------------------------------------------------------------------------------
+
+
+def _vector_column(values: np.ndarray) -> pa.FixedSizeListArray:
+    flat = pa.array(np.ascontiguousarray(values, dtype=np.float32).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, int(values.shape[1]))
+
+
+def _vector_values(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not pa.types.is_fixed_size_list(array.type):
+        raise DataError(f"score column has type {array.type}, expected a fixed-size list of float32")
+    return array.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(
+        len(array), array.type.list_size
+    )
+
+
+class ScoringActor:
+    """A Ray Data callable class: holds the model (loaded once per actor) and scores pyarrow batches of
+    (`pool_index`, `image`) rows."""
+
+    def __init__(
+        self,
+        source: ModelSource,
+        spec: ScoringSpec,
+        image_shape: tuple[int, int, int],
+        use_gpu: bool = False,
+        threads: int | None = None,
+    ) -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        device = torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+        self.model = load_scoring_model(source, device)
+        self.spec = spec
+        self.image_shape = tuple(image_shape)
+        self.views = SimCLRViews(int(image_shape[0]), preset=spec.aug_preset) if spec.aug_passes else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        index = batch.column(INDEX).to_numpy().astype(np.int64, copy=False)
+        images = images_from_column(batch.column("image"), self.image_shape)
+        columns = score_rows(self.model, images, index, index, self.spec, self.views)
+        return pa.table({INDEX: pa.array(index, pa.int64()), **{k: _vector_column(v) for k, v in columns.items()}})
+
+
+@contextlib.contextmanager
+def ray_session() -> Iterator[None]:
+    """Use the running Ray instance, or start a local one for the block and shut it down afterwards."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def block_rows(size: int, batch_size: int, actors: int, blocks_per_actor: int = 4, max_batches: int = 16) -> int:
+    """Rows per Ray Data block: a multiple of the batch size giving each actor about `blocks_per_actor` blocks,
+    at most `max_batches` batches per block."""
+    batches = -(-size // (batch_size * actors * blocks_per_actor))
+    return batch_size * min(max(1, batches), max_batches)
+
+
+def run_scoring_job(
+    dataset: ray.data.Dataset,
+    source: ModelSource,
+    spec: ScoringSpec,
+    image_shape: tuple[int, int, int],
+    out: str | Path,
+    *,
+    actors: int = 1,
+    num_cpus: float = 0.5,
+    num_gpus: float = 0.0,
+    threads: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Score every (`pool_index`, `image`) row of `dataset` with `map_batches` on a fixed pool of `actors`
+    ScoringActors (`num_cpus`, `num_gpus` each) and write the rows as Parquet under `out/rows/`, with
+    `out/scores.json` (the spec and `metadata`). `out` must not exist; it appears complete or not at all."""
+    import ray.data
+
+    target = Path(out)
+    if target.exists():
+        raise DataError(f"{target} already exists; scores are never overwritten")
+    if actors < 1:
+        raise ConfigError(f"the number of scoring actors must be >= 1, got {actors}")
+    if num_cpus <= 0 or num_gpus < 0:
+        raise ConfigError(f"scoring actors need num_cpus > 0 and num_gpus >= 0, got {num_cpus} and {num_gpus}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.scoring-"))
+    try:
+        scored = dataset.map_batches(
+            ScoringActor,
+            fn_constructor_kwargs={
+                "source": source, "spec": spec, "image_shape": tuple(image_shape), "use_gpu": num_gpus > 0,
+                "threads": threads,
+            },
+            batch_size=spec.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=num_cpus,
+            num_gpus=num_gpus if num_gpus > 0 else None,
+            udf_modifying_row_count=False,
+        )
+        scored.write_parquet(str(staged / ROWS_FOLDER))
+        manifest = {"format": SCORES_FORMAT, "spec": asdict(spec), "columns": spec.columns, **(metadata or {})}
+        (staged / SCORES_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        os.replace(staged, target)
+    finally:
+        if staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+    return target
+
+
+def read_scores(
+    folder: str | Path, expected_size: int | None = None, expected_passes: int | None = None
+) -> tuple[PoolScores, dict[str, Any]]:
+    """Read a scoring job's output: rows sorted by index, first occurrence kept, every column covering the same
+    index set (exactly 0..expected_size − 1 when given) via `merge_passes` (specs/mak.md §2). The number of
+    augmented passes comes from the stored metadata; a different `expected_passes` is an explicit error.
+    Returns (scores, metadata)."""
+    folder = Path(folder)
+    manifest_path = folder / SCORES_MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(f"{folder} holds no complete scores ({SCORES_MANIFEST} missing)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        spec = ScoringSpec(**manifest["spec"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{manifest_path}: corrupt scores manifest ({error})") from error
+    if manifest.get("format") != SCORES_FORMAT:
+        raise DataError(f"{manifest_path}: not an ltray scores manifest")
+    if expected_passes is not None and spec.aug_passes != expected_passes:
+        raise DataError(
+            f"{folder} holds {spec.aug_passes} augmented passes, sampling asks for R = {expected_passes}"
+        )
+    files = sorted((folder / ROWS_FOLDER).glob("*.parquet"))
+    if not files:
+        raise DataError(f"{folder} holds no score rows")
+    try:
+        table = pa.concat_tables([pq.read_table(file) for file in files])
+    except (OSError, pa.ArrowException) as error:
+        raise DataError(f"cannot read the score rows under {folder}: {error}") from error
+    missing = [name for name in [INDEX, *spec.columns] if name not in table.column_names]
+    if missing:
+        raise DataError(f"{folder}: score rows lack the column(s) {', '.join(missing)}")
+    raw_index = table.column(INDEX).to_numpy()
+    passes = [(raw_index, _vector_values(table.column(name))) for name in spec.columns]
+    index, values = merge_passes(passes, expected_size=expected_size)
+    return _scores_from_columns(index, dict(zip(spec.columns, values)), spec), manifest
+
+
+def score_pool(
+    pool: str | Path,
+    source: ModelSource,
+    spec: ScoringSpec,
+    out: str | Path,
+    *,
+    actors: int = 1,
+    num_cpus: float = 0.5,
+    num_gpus: float = 0.0,
+    threads: int | None = None,
+) -> PoolScores:
+    """Run the scoring job over a pool folder (shards verified first) into `out` and read the result back."""
+    info = read_pool_info(pool)
+    dataset = open_pool_dataset(pool, rows_per_block=block_rows(info.size, spec.batch_size, actors))
+    metadata = {"pool": str(info.path.resolve()), "pool_sha256": info.content_sha256, "size": info.size}
+    run_scoring_job(dataset, source, spec, info.image_shape, out, actors=actors, num_cpus=num_cpus,
+                    num_gpus=num_gpus, threads=threads, metadata=metadata)
+    return read_scores(out, expected_size=info.size, expected_passes=spec.aug_passes)[0]
+
+
+def arrays_dataset(images: np.ndarray, rows_per_block: int = 2048) -> ray.data.Dataset:
+    """In-memory uint8 images [n, H, W, 3] as a Ray Dataset of (`pool_index` = row, `image`) in blocks."""
+    import ray.data
+
+    if images.ndim != 4 or images.shape[3] != 3 or images.dtype != np.uint8 or images.shape[0] == 0:
+        raise DataError(f"expected non-empty uint8 images [n, H, W, 3], got {images.dtype} {images.shape}")
+    tables = [
+        pa.table({INDEX: pa.array(np.arange(lo, min(lo + rows_per_block, len(images)), dtype=np.int64)),
+                  "image": image_array(images[lo : lo + rows_per_block])})
+        for lo in range(0, len(images), rows_per_block)
+    ]
+    return ray.data.from_arrow(tables)
+
+
+def score_arrays(
+    images: np.ndarray,
+    source: ModelSource,
+    spec: ScoringSpec,
+    out: str | Path,
+    *,
+    actors: int = 1,
+    num_cpus: float = 0.5,
+    num_gpus: float = 0.0,
+    threads: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> PoolScores:
+    """The scoring job over in-memory images (e.g. MAK's ID training set, pass (b)), keyed by row 0..n−1."""
+    dataset = arrays_dataset(images, block_rows(int(images.shape[0]), spec.batch_size, actors))
+    run_scoring_job(dataset, source, spec, tuple(images.shape[1:]), out, actors=actors, num_cpus=num_cpus,
+                    num_gpus=num_gpus, threads=threads, metadata={"size": int(images.shape[0]), **(metadata or {})})
+    return read_scores(out, expected_size=int(images.shape[0]), expected_passes=spec.aug_passes)[0]
