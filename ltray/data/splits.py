@@ -443,15 +443,13 @@ def add_shot_sets(split: Split, shots: Sequence[int] = (100, 50), subsets: int =
             f"{split.name}: class {int(np.argmin(counts))} has {int(counts.min())} train_full items, "
             f"fewer than {max(shots)}"
         )
-    order = np.argsort(pool.indices, kind="stable")
-    sorted_indices, sorted_labels = pool.indices[order], pool.labels[order]
+    from ltray.eval.shots import fixed_shot_subsets
+
+    full_labels = np.zeros(int(pool.indices.max()) + 1, dtype=np.int64)
+    full_labels[pool.indices] = pool.labels
     lists = dict(split.lists)
     for subset in range(1, subsets + 1):
-        permutation = np.random.default_rng(subset).permutation(sorted_indices.size)
-        permuted_indices, permuted_labels = sorted_indices[permutation], sorted_labels[permutation]
-        by_class = [permuted_indices[permuted_labels == label] for label in range(split.num_classes)]
-        for shot in shots:
-            indices = np.concatenate([members[:shot] for members in by_class])
+        for shot, indices in fixed_shot_subsets(pool.indices, full_labels, shots, subset).items():
             labels = np.repeat(np.arange(split.num_classes, dtype=np.int64), shot)
             lists[f"shot{shot}_{subset}"] = ItemList(labels=labels, indices=indices)
     manifest = copy.deepcopy(split.manifest)
