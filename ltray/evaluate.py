@@ -19,6 +19,7 @@ from ltray.errors import CheckpointError, LtrayError
 from ltray.eval.features import extract_features
 from ltray.eval.metrics import format_summary_table, group_classes, summarize_runs
 from ltray.eval.probe import CIFAR_FEW, CIFAR_FULL, ProbeSchedule, adam_probe, kshot_probe, sdclr_sgd_probe
+from ltray.eval.shots import fixed_shot_subsets
 from ltray.methods.registry import parse_method
 from ltray.models.contrastive import ContrastiveModel, build_model
 from ltray.train.checkpoint import load_checkpoint
@@ -77,6 +78,9 @@ def evaluate_backbone(cfg: Config, backbone: nn.Module, data: RunData, device: t
                             epochs=adam_epochs, seed=seed, groups=groups, device=device)
         figures.update(_flat("full", result.report))
         per_class["full"] = result.per_class_acc.tolist()
+    if e.protocol == "bcl_adam":
+        figures.update(_fixed_shot_figures(data, train_features, full_y, test_features, test_y, adam_epochs, seed,
+                                           groups, device))
     kshot = kshot_probe(
         train_features, full_y, test_features, test_y, data.num_classes, k=e.kshot, draws=e.kshot_draws, seed=seed,
         preset=preset, epochs=adam_epochs, groups=groups, device=device,
@@ -92,6 +96,28 @@ def evaluate_backbone(cfg: Config, backbone: nn.Module, data: RunData, device: t
         "protocol": e.protocol,
         "grouping": e.grouping,
     }
+
+
+def _fixed_shot_figures(
+    data: RunData, train_features: torch.Tensor, full_y: np.ndarray, test_features: torch.Tensor, test_y: np.ndarray,
+    epochs: int | None, seed: int, groups: dict[str, np.ndarray], device: torch.device,
+) -> dict[str, float]:
+    """BCL's 100-shot and 50-shot probes: five fixed subsets each of the full-shot set, mean over subsets."""
+    pool = data.split.role("train_full").indices
+    assert pool is not None
+    row_of = np.full(int(pool.max()) + 1, -1, dtype=np.int64)
+    row_of[pool] = np.arange(len(pool))
+    figures: dict[str, float] = {}
+    reports: dict[int, list[dict[str, float]]] = {100: [], 50: []}
+    for subset in range(1, 6):
+        for shot, indices in fixed_shot_subsets(pool, data.base_train.labels, (100, 50), subset).items():
+            rows = torch.from_numpy(row_of[indices])
+            result = adam_probe(train_features[rows], full_y[rows.numpy()], test_features, test_y, data.num_classes,
+                                preset="bcl_adam", epochs=epochs, seed=seed + subset, groups=groups, device=device)
+            reports[shot].append(result.report)
+    for shot, shot_reports in reports.items():
+        figures.update(_flat(f"shot{shot}", summarize_runs(shot_reports)["mean"]))
+    return figures
 
 
 def model_from_checkpoint(cfg: Config, path: Path, device: torch.device) -> ContrastiveModel:
