@@ -1,0 +1,133 @@
+"""The `ltray` command line: help texts, and bad inputs giving one-line errors, exit 2 and no overwritten files."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ltray.cli import EXIT_USER_ERROR, main
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_LABELS = REPO.parent / "shared" / "reference_splits" / "cifar_labels" / "cifar10_train_labels.npy"
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, fragment: str) -> None:
+    assert code == EXIT_USER_ERROR
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ltray: error: ")
+    assert fragment in lines[0]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["--help"], ["pretrain", "--help"], ["eval", "--help"], ["splits", "make", "--help"], ["report", "--help"],
+     ["pool", "import", "--help"], ["mak", "sample", "--help"]],
+)
+def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    assert exit_info.value.code == 0
+    assert "usage: ltray" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("method.name=simclr+nope", "unknown method part 'nope'"),
+        ("data.dataset=mnist", "data.dataset must be one of"),
+        ("method.temperature=0", "method.temperature must be > 0"),
+        ("optim.batch_size=1", "optim.batch_size must be >= 2"),
+        ("method.sdclr.prune_ratio=1.0", "prune_ratio must be in [0, 1)"),
+        ("optim.nope=3", "unknown config key 'optim.nope'"),
+    ],
+)
+def test_invalid_config_values_stop_before_anything_runs(
+    override: str, fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(capsys, "pretrain", "--set", override, "--set", f"run.output_dir={tmp_path}")
+    assert_one_line_error(code, err, fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_config_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "pretrain", "--config", str(tmp_path / "absent.yaml"))
+    assert_one_line_error(code, err, "config file not found")
+
+
+def test_missing_and_corrupt_checkpoint(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = ["--set", "data.dataset=digits-lt"]
+    code, _, err = run_cli(capsys, "eval", *config, "--checkpoint", str(tmp_path / "absent.pt"))
+    assert_one_line_error(code, err, "checkpoint not found")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a torch file at all")
+    code, _, err = run_cli(capsys, "eval", *config, "--checkpoint", str(corrupt))
+    assert_one_line_error(code, err, "cannot read checkpoint")
+    assert corrupt.read_bytes() == b"not a torch file at all"
+
+
+def test_cifar_without_a_local_copy(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run_cli(
+        capsys, "pretrain", "--set", "data.dataset=cifar10", "--set", f"data.root={tmp_path / 'nowhere'}",
+        "--set", f"run.output_dir={tmp_path / 'runs'}",
+    )
+    assert_one_line_error(code, err, "nowhere")
+
+
+def test_splits_make_refuses_to_overwrite_and_rejects_bad_values(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    if not CIFAR10_LABELS.is_file():
+        pytest.skip("../shared/reference_splits is not present")
+    out = tmp_path / "c10"
+    code, printed, _ = run_cli(capsys, "splits", "make", "--dataset", "cifar10", "--labels", str(CIFAR10_LABELS),
+                               "--out", str(out), "--splits", "1")
+    assert code == 0 and "cifar10_split1.json" in printed
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = run_cli(capsys, "splits", "make", "--dataset", "cifar10", "--labels", str(CIFAR10_LABELS),
+                           "--out", str(out), "--splits", "1", "--seed", "7")
+    assert_one_line_error(code, err, "refusing to overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    code, _, err = run_cli(capsys, "splits", "make", "--dataset", "cifar10", "--labels", str(CIFAR10_LABELS),
+                           "--out", str(tmp_path / "other"), "--imbalance", "0.5")
+    assert_one_line_error(code, err, "--imbalance must be >= 1")
+
+
+def test_shipped_split_with_a_corrupted_file_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    copy = tmp_path / "digits-lt"
+    shutil.copytree(REPO / "splits" / "digits-lt", copy)
+    target = copy / "digits-lt_split1_D_i.npy"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    code, _, err = run_cli(capsys, "pretrain", "--set", "data.dataset=digits-lt", "--set", f"data.splits_dir={copy}",
+                           "--set", f"run.output_dir={tmp_path / 'runs'}")
+    assert_one_line_error(code, err, "sha256")
+
+
+def test_labels_file_with_wrong_contents(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.arange(10, dtype=np.float32))
+    code, _, err = run_cli(capsys, "splits", "make", "--dataset", "cifar10", "--labels", str(labels),
+                           "--out", str(tmp_path / "out"))
+    assert code == EXIT_USER_ERROR and err.startswith("ltray: error: ")
+
+
+def test_console_script_exit_code() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ltray.cli", "pretrain", "--set", "method.temperature=-1"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert result.returncode == EXIT_USER_ERROR
+    assert result.stderr.strip() == "ltray: error: method.temperature must be > 0, got -1.0"
