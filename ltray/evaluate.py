@@ -18,7 +18,16 @@ from ltray.data.loading import RunData, load_run_data
 from ltray.errors import CheckpointError, LtrayError
 from ltray.eval.features import extract_features
 from ltray.eval.metrics import format_summary_table, group_classes, summarize_runs
-from ltray.eval.probe import CIFAR_FEW, CIFAR_FULL, ProbeSchedule, adam_probe, kshot_probe, sdclr_sgd_probe
+from ltray.eval.probe import (
+    CIFAR_FEW,
+    CIFAR_FULL,
+    IN100_FEW,
+    IN100_FULL,
+    ProbeSchedule,
+    adam_probe,
+    kshot_probe,
+    sdclr_sgd_probe,
+)
 from ltray.eval.shots import fixed_shot_subsets
 from ltray.methods.registry import parse_method
 from ltray.models.contrastive import ContrastiveModel, build_model
@@ -46,6 +55,25 @@ def evaluate_backbone(cfg: Config, backbone: nn.Module, data: RunData, device: t
     """Run the configured probes on a frozen backbone; returns flat figures plus per-class accuracies."""
     e = cfg.eval
     groups = group_classes(data.pretrain_counts, e.grouping)
+    probes = _list_probes if data.is_list else _array_probes
+    figures, per_class = probes(cfg, backbone, data, device, groups)
+    return {
+        "figures": figures,
+        "per_class": per_class,
+        "pretrain_counts": data.pretrain_counts.tolist(),
+        "groups": {name: members.tolist() for name, members in groups.items()},
+        "class_names": list(data.class_names),
+        "protocol": e.protocol,
+        "grouping": e.grouping,
+    }
+
+
+def _array_probes(
+    cfg: Config, backbone: nn.Module, data: RunData, device: torch.device, groups: dict[str, np.ndarray]
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """The probes on array data sets (CIFAR-size images, batched in memory)."""
+    e = cfg.eval
+    assert data.test is not None
     test_x, test_y = data.test.images, data.test.labels
     full_x, full_y = data.role_images("train_full")
     figures: dict[str, float] = {}
@@ -69,33 +97,83 @@ def evaluate_backbone(cfg: Config, backbone: nn.Module, data: RunData, device: t
             )
             figures.update(_flat("few", result.report))
             per_class["few"] = result.per_class_acc.tolist()
-    adam_epochs = max(1, math.ceil(500 * e.probe_epochs_scale)) if e.probe_epochs_scale < 1 else None
     train_features = extract_features(backbone, full_x, device=device)
     test_features = extract_features(backbone, test_x, device=device)
+    _feature_probes(cfg, data.num_classes, (train_features, full_y), (test_features, test_y), groups, device,
+                    figures, per_class)
+    if e.protocol == "bcl_adam":
+        figures.update(_fixed_shot_figures(data, train_features, full_y, test_features, test_y, _adam_epochs(cfg),
+                                           seed, groups, device))
+    return figures, per_class
+
+
+def _adam_epochs(cfg: Config) -> int | None:
+    """The Adam probes' epoch count under `eval.probe_epochs_scale` (None: the preset's own)."""
+    scale = cfg.eval.probe_epochs_scale
+    return max(1, math.ceil(500 * scale)) if scale < 1 else None
+
+
+def _feature_probes(
+    cfg: Config,
+    num_classes: int,
+    train: tuple[torch.Tensor, np.ndarray],
+    test: tuple[torch.Tensor, np.ndarray],
+    groups: dict[str, np.ndarray],
+    device: torch.device,
+    figures: dict[str, float],
+    per_class: dict[str, list[float]],
+) -> None:
+    """The probes on extracted (features, labels): the full-shot Adam probe of the Adam protocols and the k-shot
+    probe; their figures and per-class accuracies are added to `figures` and `per_class`."""
+    e = cfg.eval
     preset = "bcl_adam" if e.protocol == "sdclr_sgd" else e.protocol
     if e.protocol != "sdclr_sgd" and e.full_shot:
-        result = adam_probe(train_features, full_y, test_features, test_y, data.num_classes, preset=preset,
-                            epochs=adam_epochs, seed=seed, groups=groups, device=device)
+        result = adam_probe(*train, *test, num_classes, preset=preset, epochs=_adam_epochs(cfg), seed=cfg.run.seed,
+                            groups=groups, device=device)
         figures.update(_flat("full", result.report))
         per_class["full"] = result.per_class_acc.tolist()
-    if e.protocol == "bcl_adam":
-        figures.update(_fixed_shot_figures(data, train_features, full_y, test_features, test_y, adam_epochs, seed,
-                                           groups, device))
     kshot = kshot_probe(
-        train_features, full_y, test_features, test_y, data.num_classes, k=e.kshot, draws=e.kshot_draws, seed=seed,
-        preset=preset, epochs=adam_epochs, groups=groups, device=device,
+        *train, *test, num_classes, k=e.kshot, draws=e.kshot_draws, seed=cfg.run.seed, preset=preset,
+        epochs=_adam_epochs(cfg), groups=groups, device=device,
     )
     figures.update(_flat(f"shot{e.kshot}", kshot.mean_report))
     per_class[f"shot{e.kshot}"] = np.mean([r.per_class_acc for r in kshot.results], axis=0).tolist()
-    return {
-        "figures": figures,
-        "per_class": per_class,
-        "pretrain_counts": data.pretrain_counts.tolist(),
-        "groups": {name: members.tolist() for name, members in groups.items()},
-        "class_names": list(data.class_names),
-        "protocol": e.protocol,
-        "grouping": e.grouping,
-    }
+
+
+def _list_probes(
+    cfg: Config, backbone: nn.Module, data: RunData, device: torch.device, groups: dict[str, np.ndarray]
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """The probes on image-list data sets: `sdclr_sgd` with the IN-100 schedules (full-shot on `data.full_list`,
+    few-shot on `data.fewshot_list`, selected by val top-5) through loader workers; the Adam and k-shot probes on
+    features extracted with the inference transform, from the full-shot list (k-shot is skipped without one)."""
+    from ltray.data.list_data import sdclr_sgd_probe_list, source_features
+
+    e = cfg.eval
+    workers, size, seed = cfg.data.loader_workers, data.image_size, cfg.run.seed
+    test = data.role_source("test")
+    figures: dict[str, float] = {}
+    per_class: dict[str, list[float]] = {}
+    if e.protocol == "sdclr_sgd":
+        runs = [("full", "train_full", IN100_FULL, e.full_shot), ("few", "S_b", IN100_FEW, e.few_shot)]
+        for prefix, role, schedule, wanted in runs:
+            if not wanted:
+                continue
+            result = sdclr_sgd_probe_list(
+                backbone, data.role_source(role), data.role_source("val"), test, data.num_classes,
+                schedule=scaled_schedule(schedule, e.probe_epochs_scale), seed=seed, image_size=size,
+                workers=workers, device=device, groups=groups,
+            )
+            figures.update(_flat(prefix, result.report))
+            per_class[prefix] = result.per_class_acc.tolist()
+    if "train_full" not in data.sources and (e.protocol == "sdclr_sgd" or not e.full_shot):
+        return figures, per_class  # the k-shot draws need the full-shot list
+    full = data.role_source("train_full")
+    train_features = source_features(backbone, full, image_size=size, workers=workers, device=device)
+    test_features = source_features(backbone, test, image_size=size, workers=workers, device=device)
+    full_y, test_y = np.array(full.labels), np.array(test.labels)  # writable copies of the lists' labels
+    _feature_probes(cfg, data.num_classes, (train_features, full_y), (test_features, test_y), groups, device,
+                    figures, per_class)
+    return figures, per_class
 
 
 def _fixed_shot_figures(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ltray.config import Config
-from ltray.data.sources import ArraySource, load_array_pool, load_cifar
+from ltray.config import LIST_DATASETS, Config
+from ltray.data.sources import ArraySource, ImageListSource, load_array_pool, load_cifar
 from ltray.data.splits import Split, read_split
 from ltray.data.train_data import TrainData
 from ltray.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from ltray.data.list_data import ListTrainData
 
 IMAGE_SIZE = {"scenes-lt": 16, "digits-lt": 16, "cifar10": 32, "cifar100": 32}
 
@@ -23,21 +27,40 @@ def default_splits_dir() -> Path:
 
 @dataclass
 class RunData:
-    """The base train and test sets, the split that indexes into the base train set, and the training set."""
+    """The base train and test sets, the split that indexes into the base train set, and the training set.
+
+    Image-list data sets (`ltray.data.list_data`) have no base arrays (`base_train` and `test` are None): every
+    role of their split is read through its own source in `sources`, and `train` is a `ListTrainData`.
+    """
 
     dataset: str
     split: Split
-    base_train: ArraySource
-    test: ArraySource
-    train: TrainData
+    base_train: ArraySource | None
+    test: ArraySource | None
+    train: TrainData | ListTrainData
     num_classes: int
     image_size: int
     class_names: tuple[str, ...]
+    sources: dict[str, ImageListSource] = field(default_factory=dict)
+
+    @property
+    def is_list(self) -> bool:
+        """Whether the items are read from image lists (decoded and augmented per item in loader workers)."""
+        return bool(self.sources)
+
+    def role_source(self, role: str) -> ImageListSource:
+        """The image source of one split role of a list data set (`D_i`, `S_b`, `train_full`, `val`, `test`)."""
+        if role not in self.sources:
+            from ltray.data.list_data import ROLE_KEYS
+
+            hint = f" (set data.{ROLE_KEYS[role]})" if role in ROLE_KEYS else ""
+            raise DataError(f"{self.dataset} has no {role} list{hint}")
+        return self.sources[role]
 
     def role_images(self, role: str) -> tuple[np.ndarray, np.ndarray]:
         """uint8 images and labels of one split role (`train_full`, `val`, `S_b`, `D_i`, ...)."""
         items = self.split.role(role)
-        if items.indices is None:
+        if items.indices is None or self.base_train is None:
             raise DataError(f"split role {role} of {self.dataset} is a path list, not an index list")
         return self.base_train.take(items.indices), self.base_train.labels[items.indices]
 
@@ -101,6 +124,10 @@ def load_extra_data(path: str) -> tuple[ArraySource, np.ndarray]:
 def load_run_data(cfg: Config) -> RunData:
     from ltray.methods.registry import parse_method
 
+    if cfg.data.dataset in LIST_DATASETS:
+        from ltray.data.list_data import load_list_run_data
+
+        return load_list_run_data(cfg)
     base_train, test, class_names, split = load_base_sets_and_split(cfg)
     subset = split.role(cfg.data.subset)
     if subset.indices is None:

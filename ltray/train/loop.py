@@ -24,6 +24,7 @@ from torch.utils.data import DistributedSampler
 
 from ltray.augment.batched import SimCLRViews
 from ltray.config import Config, config_from_dict
+from ltray.data.list_data import ListViewLoader
 from ltray.data.loading import RunData, load_run_data
 from ltray.errors import CheckpointError, ConfigError, TrainingDiverged
 from ltray.methods.method import Method, build_method
@@ -160,7 +161,12 @@ class Pretrainer:
         self.local_batch = local_batch_size(cfg)
         self.total_iters = total_iterations(cfg, self.method, self.train_data.num_id, self.local_batch)
         self.warmup_iters = o.warmup_epochs * iterations_per_epoch(self.train_data.num_id, self.local_batch)
-        self.views = SimCLRViews(self.data.image_size, preset=cfg.data.aug_preset, extra=self.method.view_hook())
+        # array data: batched views made here; list data: per-item views made by loader workers
+        hook = self.method.view_hook()
+        self.list_views = ListViewLoader.for_run(cfg, self.data, hook, self.device) if self.data.is_list else None
+        self.views = (
+            None if self.list_views else SimCLRViews(self.data.image_size, preset=cfg.data.aug_preset, extra=hook)
+        )
         self.reporter = reporter
         self.epoch = 0
         self.iteration = 0
@@ -226,7 +232,10 @@ class Pretrainer:
             model=self.model,
             data=self.train_data,
             device=self.device,
-            embed=lambda images: embed_images(self.model, images, self.device),
+            embed=lambda images: (
+                embed_images(self.model, images, self.device) if self.list_views is None
+                else self.list_views.embed(self.model, images, self.device)
+            ),
             log_artifact=log_artifact,
         )
 
@@ -252,10 +261,22 @@ class Pretrainer:
         order = members[np.fromiter(iter(sampler), dtype=np.int64)]
         return [order[i : i + self.local_batch] for i in range(0, len(order), self.local_batch)]
 
-    def train_step(self, index: np.ndarray) -> dict[str, float]:
+    def _views(self, index: np.ndarray, index_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both views of one batch, made here: batched augmentation of the gathered arrays, or the list pipeline."""
+        if self.list_views is not None:
+            v1, v2 = self.list_views.views_of(index, self.epoch)
+            return v1.to(self.device), v2.to(self.device)
+        assert self.views is not None
         images = torch.from_numpy(self.train_data.images(index)).to(self.device, non_blocking=True)
+        return self.views(images, index_t, self.epoch, self.cfg.run.seed)
+
+    def train_step(self, index: np.ndarray, views: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+        """One optimiser step on the batch `index`; `views` are its two views when a loader already made them."""
         index_t = torch.from_numpy(index).to(self.device)
-        v1, v2 = self.views(images, index_t, self.epoch, self.cfg.run.seed)
+        if views is None:
+            v1, v2 = self._views(index, index_t)
+        else:
+            v1, v2 = (view.to(self.device, non_blocking=True) for view in views)
         if self.cfg.model.channels_last:
             v1 = v1.contiguous(memory_format=torch.channels_last)
             v2 = v2.contiguous(memory_format=torch.channels_last)
@@ -270,7 +291,7 @@ class Pretrainer:
         result = self.method.compute_loss(step)
         if not torch.isfinite(result.loss):
             raise TrainingDiverged(
-                f"loss is {float(result.loss)} at epoch {self.epoch + 1}, iteration {self.iteration}; "
+                f"loss is {float(result.loss.detach())} at epoch {self.epoch + 1}, iteration {self.iteration}; "
                 "lower optim.lr or check the data"
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -288,14 +309,18 @@ class Pretrainer:
         sums: dict[str, float] = {}
         started = time.perf_counter()
         show = self.cfg.run.progress == "on" or (self.cfg.run.progress == "auto" and sys.stderr.isatty())
-        iterator: Any = batches
+        iterator: Any = (
+            self.list_views.epoch(batches, self.epoch) if self.list_views else ((index, None) for index in batches)
+        )
         if show and self.rank == 0:
             from tqdm import tqdm
 
-            iterator = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}", leave=False)
+            iterator = tqdm(
+                iterator, total=len(batches), desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}", leave=False
+            )
         seen = 0
-        for index in iterator:
-            values = self.train_step(index)
+        for index, views in iterator:
+            values = self.train_step(index, views)
             seen += len(index)
             for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + value
