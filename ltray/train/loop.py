@@ -28,6 +28,7 @@ from ltray.data.list_data import ListViewLoader
 from ltray.data.loading import RunData, load_run_data
 from ltray.errors import CheckpointError, ConfigError, TrainingDiverged
 from ltray.methods.method import Method, build_method
+from ltray.methods.registry import parse_method
 from ltray.methods.base import EpochContext, Step
 from ltray.models.contrastive import ContrastiveModel, build_model
 from ltray.train import distributed as dist_utils
@@ -193,7 +194,9 @@ class Pretrainer:
 
     def load_state(self, state: dict[str, Any], source: Path) -> None:
         saved = config_from_dict(state["config"])
-        for key in ("method.name", "model.arch", "model.width", "data.dataset", "data.split", "data.subset"):
+        if parse_method(saved.method.name).canonical != self.method.name:
+            raise CheckpointError(f"checkpoint {source} was made with method {saved.method.name}; refusing to resume")
+        for key in ("model.arch", "model.width", "data.dataset", "data.split", "data.subset"):
             section, name = key.split(".")
             if getattr(getattr(saved, section), name) != getattr(getattr(self.cfg, section), name):
                 raise CheckpointError(f"checkpoint {source} was made with a different {key}; refusing to resume")
