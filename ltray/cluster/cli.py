@@ -1,0 +1,133 @@
+"""The command line shared by the sweep scripts in `experiments/` (each adds its own defaults and flags)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ltray.errors import LtrayError
+
+EXIT_USER_ERROR = 2
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+
+COMMON_HELP = """
+Ray: without --address (or with --address local) Ray starts in this process, node and dashboard bound to
+127.0.0.1; --address auto joins the cluster of this node (e.g. one started with
+`ray start --head --node-ip-address 127.0.0.1`, or the driver of a `ray job submit`); host:port or ray://host:port
+name one. MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; the store is checked
+before any training starts. Storage: --storage, else $LTRAY_STORAGE, else ./ray_results (Ray Tune folder of the
+sweep, Ray Train run folders and checkpoints; on a cluster it must be shared by all nodes). Every trial is one
+MLflow child run under the sweep's parent run; the parent gets the summary (mean ± std over splits per
+configuration); `ltray report --sweep NAME` prints it again.
+"""
+
+
+def build_parser(prog: str, description: str, default_config: Path) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, epilog=COMMON_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, default=None,
+                        help=f"sweep YAML: base run config, overrides, axes (default {default_config.name})")
+    parser.add_argument("--set", "-s", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one value of the base config, e.g. --set optim.epochs=50 (repeatable)")
+    parser.add_argument("--axis", dest="axes", action="append", default=[], metavar="KEY=V1,V2",
+                        help="add or replace a grid axis, e.g. --axis method.temperature=0.1,0.2 (repeatable)")
+    parser.add_argument("--splits", help="long-tail splits to run, e.g. 1,2,3 (the data.split axis)")
+    parser.add_argument("--seeds", help="seeds to run, e.g. 10,11 (the run.seed axis)")
+    parser.add_argument("--data", help="data set name (data.dataset): scenes-lt, digits-lt, cifar10, cifar100")
+    parser.add_argument("--data-root", help="data set folder (data.root), e.g. a torchvision CIFAR folder")
+    parser.add_argument("--name", help="sweep name (default: the config's name plus a timestamp)")
+    parser.add_argument("--experiment", help="MLflow experiment (default: the config's)")
+    parser.add_argument("--address", help="Ray cluster: auto, local (default), host:port or ray://host:port")
+    parser.add_argument("--mlflow-uri", help="MLflow tracking URI: http(s)://..., sqlite:///abs/path.db, ...")
+    parser.add_argument("--storage", help="root folder of sweep results and checkpoints (default ./ray_results)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted sweep (the newest of that name, or --name): finished trials "
+                             "are not run again, the others continue from their last checkpoint")
+    parser.add_argument("--workers-per-trial", type=int, help="Ray Train workers (DDP processes) per trial")
+    parser.add_argument("--cpus-per-worker", type=float, help="CPUs each training worker holds")
+    parser.add_argument("--gpus-per-worker", type=float, help="GPUs each training worker holds (0: CPU training)")
+    parser.add_argument("--max-failures", type=int, help="worker failures a trial survives (resuming from its "
+                                                         "last checkpoint)")
+    parser.add_argument("--max-concurrent", type=int,
+                        help="trials at once (default: as many as the cluster's CPUs/GPUs hold)")
+    parser.add_argument("--asha", action="store_true",
+                        help="stop weak trials early (ASHA on the per-epoch kNN accuracy)")
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace, config: Path, extra_sets: Sequence[str] = ()) -> Any:
+    """The SweepSpec the flags describe (flags win over the YAML)."""
+    from dataclasses import replace
+
+    from ltray.cluster.grid import AshaSettings, TrialResources, load_sweep_spec, parse_axis, parse_int_list
+
+    sets = list(extra_sets)
+    if args.data:
+        sets.append(f"data.dataset={args.data}")
+    if args.data_root:
+        sets.append(f"data.root={args.data_root}")
+    sets += args.sets
+    axes: dict[str, list[Any]] = {}
+    for text in args.axes:
+        key, values = parse_axis(text)
+        axes[key] = values
+    if args.splits:
+        axes["data.split"] = list(parse_int_list(args.splits, "--splits"))
+    if args.seeds:
+        axes["run.seed"] = list(parse_int_list(args.seeds, "--seeds"))
+    spec = load_sweep_spec(config, sets=sets, axes=axes, name=args.name, experiment=args.experiment)
+    r = spec.resources
+    spec.resources = TrialResources(
+        workers=args.workers_per_trial if args.workers_per_trial is not None else r.workers,
+        cpus_per_worker=args.cpus_per_worker if args.cpus_per_worker is not None else r.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker if args.gpus_per_worker is not None else r.gpus_per_worker,
+    )
+    if args.max_failures is not None:
+        spec = replace(spec, max_failures=args.max_failures)
+    if args.asha and spec.asha is None:
+        spec.asha = AshaSettings()
+    return spec
+
+
+def run_script(
+    prog: str,
+    description: str,
+    default_config: Path,
+    argv: Sequence[str] | None = None,
+    *,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    extra_sets: Callable[[argparse.Namespace], list[str]] | None = None,
+    dataset_configs: Mapping[str, Path] | None = None,
+) -> int:
+    """Parse the flags, run the sweep, print the comparison table. User errors: one line on stderr, exit 2."""
+    from ltray.cluster.sweep import SweepOptions, run_sweep
+
+    parser = build_parser(prog, description, default_config)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        if args.max_concurrent is not None and args.max_concurrent < 1:
+            raise LtrayError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+        config = args.config or (dataset_configs or {}).get(args.data or "", default_config)
+        spec = spec_from_args(args, config, extra_sets(args) if extra_sets else [])
+        options = SweepOptions(address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage,
+                               resume=args.resume, max_concurrent=args.max_concurrent, timestamp_name=not args.name)
+        outcome = run_sweep(spec, options, echo=lambda line: print(line, flush=True))
+    except LtrayError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print()
+    print(outcome.summary)
+    print(f"summary: {outcome.sweep_dir / 'summary.md'}; MLflow parent run {outcome.parent_run_id} "
+          f"({outcome.tracking_uri}); again with: ltray report --sweep {outcome.name} --mlflow-uri {outcome.tracking_uri}")
+    for error in outcome.errors:
+        print(f"{prog}: trial failed: {error}", file=sys.stderr)
+    if outcome.interrupted:
+        print(f"{prog}: interrupted; continue with --resume --name {outcome.name}", file=sys.stderr)
+    return outcome.exit_code

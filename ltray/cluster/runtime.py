@@ -1,0 +1,116 @@
+"""Connecting to Ray: join a running cluster (`auto`, `host:port`, `ray://...`) or start one in this process.
+
+A cluster started here binds its node and dashboard to 127.0.0.1 unless told otherwise. Ray 2.60 uses token
+authentication by default; a client joining a cluster needs that cluster's token (`RAY_AUTH_TOKEN_PATH`,
+`~/.ray/auth_token` or `RAY_AUTH_TOKEN`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ltray.errors import LtrayError
+
+LOCALHOST = "127.0.0.1"
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+HEALTH_CHECK_INTERVAL_S = "0.25"
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
+AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+
+
+@dataclass(frozen=True)
+class RayConnection:
+    """Where the driver is connected: the cluster address, its dashboard and whether this process started it."""
+
+    address: str
+    dashboard_url: str | None
+    started_here: bool
+
+
+def use_fast_train_reports() -> None:
+    """Ray Train settings for short per-epoch reports, unless the user set them (Ray Train forwards both variables
+    from the process that creates the trainer): the controller's polling interval, which `ray.train.report` waits
+    on each epoch (2 s by default), and no preemption watcher (one actor per run that only acts when a cloud
+    provider reclaims a node; set RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=1 on spot capacity)."""
+    os.environ.setdefault(HEALTH_CHECK_ENV, HEALTH_CHECK_INTERVAL_S)
+    os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
+
+
+def use_token_auth_when_available() -> None:
+    """Ray 2.60 starts clusters with token authentication, but a client joining one by address only sends the token
+    in `RAY_AUTH_MODE=token`; turn that on when a token is at hand and the user chose no mode. Ray reads the mode
+    when it is imported, so call this before the first `import ray`."""
+    token_file = Path(os.environ.get(AUTH_TOKEN_PATH_ENV, Path.home() / ".ray" / "auth_token")).expanduser()
+    if AUTH_MODE_ENV not in os.environ and (os.environ.get(AUTH_TOKEN_ENV) or token_file.is_file()):
+        os.environ[AUTH_MODE_ENV] = "token"
+
+
+def _dashboard(url: str | None) -> str | None:
+    if not url:
+        return None
+    return url if url.startswith("http") else f"http://{url}"
+
+
+def connect(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    host: str = LOCALHOST,
+    dashboard_port: int | None = None,
+) -> RayConnection:
+    """`address` None or "local": start Ray here (node and dashboard on `host`); "auto": the cluster this node
+    belongs to (or `RAY_ADDRESS`); "host:port" or "ray://host:port": that cluster. Already connected: reuse."""
+    import ray
+
+    use_fast_train_reports()
+    if ray.is_initialized():
+        context = ray.get_runtime_context()
+        return RayConnection(address=context.gcs_address, dashboard_url=_dashboard(_current_dashboard()),
+                             started_here=False)
+    local = address in (None, "", "local")
+    try:
+        if local:
+            info = ray.init(
+                address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address=host,
+                include_dashboard=True, dashboard_host=host, dashboard_port=dashboard_port,
+                logging_level=logging.WARNING, logging_config=ray.LoggingConfig(log_level="WARNING"),
+            )
+        else:
+            use_token_auth_when_available()
+            info = ray.init(address=address, logging_level=logging.WARNING,
+                            logging_config=ray.LoggingConfig(log_level="WARNING"))
+    except ConnectionError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        hint = (" (start one with `ray start --head --node-ip-address 127.0.0.1`, or omit --address to start Ray"
+                " in this process)" if address == "auto" else "")
+        raise LtrayError(f"cannot connect to the Ray cluster at {address!r}: {first}{hint}") from None
+    gcs = getattr(info, "address_info", {}).get("gcs_address") or ray.get_runtime_context().gcs_address
+    return RayConnection(address=str(gcs), dashboard_url=_dashboard(getattr(info, "dashboard_url", None)),
+                         started_here=local)
+
+
+def _current_dashboard() -> str | None:
+    from ray._private.worker import global_worker
+
+    node = getattr(global_worker, "node", None)
+    return getattr(node, "webui_url", None) if node is not None else None
+
+
+def cluster_resources() -> dict[str, float]:
+    import ray
+
+    return {key: float(value) for key, value in ray.cluster_resources().items()}
+
+
+def disconnect() -> None:
+    """Disconnect; a cluster started by `connect` stops with it."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

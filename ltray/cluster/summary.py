@@ -1,0 +1,90 @@
+"""The tables a sweep prints and attaches to its parent run (specs/data_and_eval.md §9).
+
+A trial's final figures are named `<probe>_<metric>`: `full_all`, `few_many`, `shot10_group_std`, ... (`full` the
+full-shot probe, `few` the few-shot probe on `S_b`, `shot<k>` the k-shot probe). The comparison table puts the
+headline figures of every configuration side by side; one detailed table per probe follows, each with the metric
+names and units of `ltray.eval.metrics` (accuracies in %, Std and class-std as fractions).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+from ltray.eval.metrics import format_summary_table
+
+SummaryRow = tuple[str, Mapping[str, object]]
+HEADLINE = ("all", "many", "medium", "few", "group_std")
+_SHOT = re.compile(r"^shot(\d+)$")
+
+
+def probe_of(figure: str) -> tuple[str, str]:
+    """`shot10_group_std` → ("shot10", "group_std")."""
+    probe, _, metric = figure.partition("_")
+    return probe, metric
+
+
+def probe_title(probe: str) -> str:
+    if probe == "full":
+        return "full-shot linear probe"
+    if probe == "few":
+        return "few-shot linear probe (S_b)"
+    match = _SHOT.match(probe)
+    if match:
+        return f"{match.group(1)}-shot probe (mean over draws)"
+    return probe
+
+
+def _probes(rows: Sequence[SummaryRow]) -> list[str]:
+    found: list[str] = []
+    for _, summary in rows:
+        for figure in summary["mean"]:  # type: ignore[union-attr]
+            probe = probe_of(figure)[0]
+            if probe not in found:
+                found.append(probe)
+    order = {"full": 0, "few": 1}
+    return sorted(found, key=lambda probe: (order.get(probe, 2), probe))
+
+
+def _restrict(summary: Mapping[str, object], keys: Mapping[str, str]) -> dict[str, object]:
+    """A summary holding only the figures in `keys`, renamed to their values."""
+    means: Mapping[str, float] = summary["mean"]  # type: ignore[assignment]
+    stds: Mapping[str, float] = summary["std"]  # type: ignore[assignment]
+    return {
+        "n_runs": summary["n_runs"], "runs": summary["runs"], "missing": summary["missing"],
+        "mean": {new: means[old] for old, new in keys.items() if old in means},
+        "std": {new: stds[old] for old, new in keys.items() if old in stds},
+    }
+
+
+def probe_rows(rows: Sequence[SummaryRow], probe: str) -> list[SummaryRow]:
+    """The rows restricted to one probe's figures, with the probe prefix removed (`full_all` → `all`)."""
+    result = []
+    for name, summary in rows:
+        keys = {figure: probe_of(figure)[1] for figure in summary["mean"] if probe_of(figure)[0] == probe}  # type: ignore[union-attr]
+        result.append((name, _restrict(summary, keys)))
+    return result
+
+
+def comparison_rows(rows: Sequence[SummaryRow]) -> list[SummaryRow]:
+    """Per configuration: All, Many, Medium, Few and Std of the main probe, plus All of every other probe."""
+    probes = _probes(rows)
+    if not probes:
+        return [(name, _restrict(summary, {})) for name, summary in rows]
+    main, others = probes[0], probes[1:]
+    keys = {f"{main}_{metric}": metric for metric in HEADLINE}
+    for probe in others:
+        label = "few-shot" if probe == "few" else probe.replace("shot", "") + "-shot"
+        keys[f"{probe}_all"] = f"{label} All (%)"
+    return [(name, _restrict(summary, keys)) for name, summary in rows]
+
+
+def sweep_markdown(rows: Sequence[SummaryRow], title: str) -> str:
+    """The comparison table, then one table per probe; mean ± population std over each configuration's runs."""
+    probes = _probes(rows)
+    main = probe_title(probes[0]) if probes else "no figures"
+    parts = [f"# {title}", "", f"Comparison (main probe: {main}; mean ± std over splits/seeds)", "",
+             format_summary_table(comparison_rows(rows))]
+    for probe in probes:
+        parts += [f"## {probe_title(probe)}", "", format_summary_table(probe_rows(rows, probe))]
+    return "\n".join(parts)

@@ -1,0 +1,326 @@
+"""Running a sweep on Ray Tune: checks first, then one parent MLflow run, one trial per grid point, the summary.
+
+Order of work: expand and validate every trial, check the MLflow store (a store that is down fails the sweep here,
+before any training), read one trial's data per split, connect to Ray, print where to watch, then run the grid with
+at most as many trials at once as the cluster's CPUs/GPUs hold. An interrupted sweep (Ctrl-C, a lost driver)
+continues with `resume=True`: Tune skips the finished trials and restarts the others, whose Ray Train runs pick up
+their last checkpoint from the sweep's storage folder.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ltray.cluster.grid import SweepSpec, Trial, expand_trials, max_concurrent_trials
+from ltray.cluster.summary import sweep_markdown
+from ltray.cluster.trial import DRIVER_MEMORY_BYTES, FINAL_MARK, TrialContext, run_trial
+from ltray.cluster.train_worker import TrainSettings
+from ltray.errors import ConfigError
+
+STORAGE_ENV = "LTRAY_STORAGE"
+DEFAULT_STORAGE = "ray_results"
+TRAIN_RUNS = "train_runs"
+SUMMARY_MD = "summary.md"
+SUMMARY_CSV = "summary.csv"
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class SweepOptions:
+    """Where a sweep runs and records: Ray address, MLflow URI, storage root, resume, concurrency."""
+
+    address: str | None = None
+    mlflow_uri: str | None = None
+    storage: str | None = None
+    resume: bool = False
+    max_concurrent: int | None = None
+    timestamp_name: bool = False
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    sweep_dir: Path
+    tracking_uri: str
+    parent_run_id: str
+    summary: str
+    errors: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.interrupted else (1 if self.errors else 0)
+
+
+def storage_root(storage: str | None) -> Path:
+    """The folder holding every sweep: `storage`, else `$LTRAY_STORAGE`, else ./ray_results; made absolute."""
+    chosen = storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
+    return Path(chosen).expanduser().resolve()
+
+
+def _restorable(path: Path) -> bool:
+    from ray import tune
+
+    return path.is_dir() and tune.Tuner.can_restore(str(path))
+
+
+def resolve_sweep_dir(spec: SweepSpec, options: SweepOptions, root: Path) -> Path:
+    """The sweep's Tune folder. A timestamped name is added for a fresh sweep when asked; `resume` without an
+    explicit name continues the newest restorable `<name>-<timestamp>` folder."""
+    if options.resume:
+        candidates = [root / spec.name]
+        if options.timestamp_name and root.is_dir():
+            candidates = sorted(root.glob(f"{spec.name}-*"), key=lambda p: p.name, reverse=True) + candidates
+        for candidate in candidates:
+            if _restorable(candidate):
+                spec.name = candidate.name
+                return candidate
+        raise ConfigError(f"--resume: no interrupted sweep named {spec.name!r} under {root} (pass its --name)")
+    if options.timestamp_name:
+        spec.name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder = root / spec.name
+    if _restorable(folder):
+        raise ConfigError(f"{folder} already holds sweep {spec.name!r}; pass --resume to continue it or choose --name")
+    return folder
+
+
+def preflight(trials: list[Trial]) -> None:
+    """Read the data of one trial per (data set, split, pool) before starting Ray: missing files fail here."""
+    from ltray.data.loading import load_run_data
+
+    checked: set[tuple[Any, ...]] = set()
+    for trial in sorted(trials, key=lambda t: -int(t.config["method"]["colt"]["budget"])):
+        cfg = trial.build_config()
+        colt = cfg.method.colt
+        key = (cfg.data.dataset, cfg.data.split, cfg.data.subset, "colt" in cfg.method.name, colt.pool, colt.pool_path)
+        if key in checked:
+            continue
+        checked.add(key)
+        load_run_data(cfg)
+
+
+def watch_lines(dashboard_url: str | None, tracking_uri: str, experiment_id: str) -> list[str]:
+    """Where to follow the sweep: the Ray dashboard and the MLflow experiment (or how to open it)."""
+    lines = [f"Ray dashboard: {dashboard_url}" if dashboard_url else "Ray dashboard: not available on this cluster"]
+    if tracking_uri.startswith(("http://", "https://")):
+        lines.append(f"MLflow experiment: {tracking_uri}/#/experiments/{experiment_id}")
+    else:
+        lines.append(f"MLflow store: {tracking_uri}")
+        lines.append(f"  open it with: mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+                     f"  (then http://127.0.0.1:5000/#/experiments/{experiment_id})")
+    return lines
+
+
+def _trial_name(trial: Any) -> str:
+    return str(trial.config["trial"])
+
+
+def _tune_callback(tracking_uri: str, experiment: str, parent_run_id: str) -> Any:
+    from ray import tune
+
+    from ltray.tracking.runs import SweepTracking
+
+    class ChildRunStatus(tune.Callback):
+        """Closes the MLflow run of a trial that Tune ended without its final figures (errored or early-stopped)."""
+
+        def _close(self, trial: Any, status: str) -> None:
+            tracking = SweepTracking(tracking_uri, experiment)
+            run_id = tracking.find_child(parent_run_id, _trial_name(trial))
+            if run_id is not None and tracking.client.get_run(run_id).info.status == "RUNNING":
+                tracking.finish(run_id, status)
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._close(trial, "FAILED")
+
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            if not (trial.last_result or {}).get(FINAL_MARK):
+                self._close(trial, "KILLED")
+
+    return ChildRunStatus()
+
+
+def _close_running_children(tracking: Any, parent_run_id: str) -> None:
+    from ltray.tracking.runs import TAG_PARENT
+
+    runs = tracking.client.search_runs(
+        [tracking.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'", max_results=1000
+    )
+    for run in runs:
+        if run.info.status == "RUNNING":
+            tracking.finish(run.info.run_id, "KILLED")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w") as out:
+        out.write(text)
+    os.replace(temporary, path)
+
+
+def summarize_sweep(tracking: Any, parent_run_id: str, title: str, sweep_dir: Path) -> str:
+    """Summarise the sweep's child runs (mean ± std per configuration) onto the parent run and into the sweep
+    folder; returns the Markdown."""
+    from ltray.tracking.artifacts import log_sweep_summary, summary_csv, sweep_summary_rows
+
+    rows = sweep_summary_rows(tracking.client, tracking.client.get_run(parent_run_id))
+    if not rows:
+        return f"# {title}\n\nno trial runs\n"
+    markdown = sweep_markdown(rows, title)
+    csv_text = summary_csv(rows)
+    log_sweep_summary(tracking.client, parent_run_id, rows, markdown, csv_text)
+    _write_atomic(sweep_dir / SUMMARY_MD, markdown)
+    _write_atomic(sweep_dir / SUMMARY_CSV, csv_text)
+    return markdown
+
+
+def _parent_tags(trials: list[Trial]) -> dict[str, str]:
+    from ltray.tracking.runs import standard_tags
+
+    configs = [trial.build_config() for trial in trials]
+
+    def joined(values: list[str]) -> str:
+        return ",".join(dict.fromkeys(values))
+
+    from ltray.methods.registry import parse_method
+
+    return standard_tags(
+        method=joined([c.method.name for c in configs]),
+        split=joined([str(c.data.split) for c in configs]),
+        dataset=joined([c.data.dataset for c in configs]),
+        reference_backed=all(parse_method(c.method.name).reference_backed for c in configs),
+    )
+
+
+def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> SweepOutcome:
+    """Run (or resume) a sweep end to end and return its outcome; user errors raise LtrayError before training."""
+    from ltray.tracking.runs import SweepTracking
+    from ltray.tracking.store import check_tracking_reachable, resolve_tracking_uri
+
+    trials = expand_trials(spec)
+    tracking_uri = resolve_tracking_uri(options.mlflow_uri, Path.cwd())
+    check_tracking_reachable(tracking_uri)
+
+    from ltray.cluster import runtime
+
+    if options.address not in (None, "", "local"):
+        runtime.use_token_auth_when_available()
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    root = storage_root(options.storage)
+    sweep_dir = resolve_sweep_dir(spec, options, root)
+    preflight(trials)
+    tracking = SweepTracking(tracking_uri, spec.experiment)
+    if not options.resume and tracking.find_parent(spec.name) is not None:
+        raise ConfigError(
+            f"MLflow experiment {spec.experiment!r} already has a sweep named {spec.name!r}; "
+            "pass --resume to continue it or choose another --name"
+        )
+    connection = runtime.connect(options.address)
+    try:
+        resources = runtime.cluster_resources()
+        concurrent = options.max_concurrent or max_concurrent_trials(resources, spec.resources, len(trials))
+        parent_run_id = tracking.start_parent(spec.name, spec.parameters(), _parent_tags(trials))
+        echo(f"sweep {spec.name}: {len(trials)} trials, up to {concurrent} at once "
+             f"({spec.resources.workers} worker(s) x {spec.resources.cpus_per_worker:g} CPU"
+             f"{f' + {spec.resources.gpus_per_worker:g} GPU' if spec.resources.gpus_per_worker else ''} per trial)")
+        for line in watch_lines(connection.dashboard_url, tracking_uri, tracking.experiment_id):
+            echo(line)
+        echo(f"storage: {sweep_dir}")
+        settings = TrainSettings(
+            storage_path=str(sweep_dir / TRAIN_RUNS),
+            workers=spec.resources.workers,
+            cpus_per_worker=spec.resources.cpus_per_worker,
+            gpus_per_worker=spec.resources.gpus_per_worker,
+            max_failures=spec.max_failures,
+            knn_every=1 if spec.asha is not None else 0,
+        )
+        context = TrialContext(tracking_uri, spec.experiment, parent_run_id, settings,
+                               {trial.name: trial.to_param() for trial in trials})
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, context=context), {"cpu": 0, "memory": DRIVER_MEMORY_BYTES}
+        )
+        if options.resume:
+            echo(f"resuming {sweep_dir}: finished trials are kept, the others continue from their checkpoints")
+            tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
+        else:
+            scheduler = None
+            if spec.asha is not None:
+                # max_t beyond the last epoch: ASHA stops a trial that reaches max_t, which must not happen
+                # to a trial that trained to the end and still has to be evaluated.
+                scheduler = ASHAScheduler(
+                    time_attr="epoch", metric=spec.asha.metric, mode=spec.asha.mode,
+                    max_t=max(int(t.config["optim"]["epochs"]) for t in trials) + 1,
+                    grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor,
+                )
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"trial": tune.grid_search([trial.name for trial in trials])},
+                tune_config=tune.TuneConfig(
+                    max_concurrent_trials=concurrent, scheduler=scheduler,
+                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+                ),
+                run_config=tune.RunConfig(
+                    name=spec.name, storage_path=str(root), verbose=1,
+                    callbacks=[_tune_callback(tracking_uri, spec.experiment, parent_run_id)],
+                ),
+            )
+        with InterruptWatch() as watch:
+            results = tuner.fit()
+        errors = _errors(results)
+        unfinished = [result for result in results
+                      if result.error is None and not (result.metrics or {}).get(FINAL_MARK)]
+        interrupted = watch.interrupted or (spec.asha is None and bool(unfinished))
+        if interrupted:
+            _close_running_children(tracking, parent_run_id)
+        markdown = summarize_sweep(tracking, parent_run_id, f"sweep {spec.name}", sweep_dir)
+        tracking.finish(parent_run_id, "KILLED" if interrupted else ("FAILED" if errors else "FINISHED"))
+    finally:
+        runtime.disconnect()
+    return SweepOutcome(spec.name, sweep_dir, tracking_uri, parent_run_id, markdown, errors, interrupted)
+
+
+class InterruptWatch:
+    """Tells whether Ctrl-C stopped `tuner.fit()`. Tune replaces the SIGINT handler while it runs and, on the first
+    SIGINT, ends the run gracefully and reinstalls the handler it found: the one set here, which then marks the
+    sweep as interrupted (a second Ctrl-C raises KeyboardInterrupt as usual)."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._previous: Any = None
+        self._active = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> InterruptWatch:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._active = True
+        except ValueError:  # not the main thread: no signal handling
+            self._active = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._active:
+            self.interrupted = signal.getsignal(signal.SIGINT) == self._handler
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _errors(results: Any) -> list[str]:
+    messages = []
+    for result in results:
+        if result.error is not None:
+            text = str(result.error).strip().splitlines()
+            name = str(result.config.get("trial", "?")) if result.config else "?"
+            messages.append(f"{name}: {text[-1][:300] if text else type(result.error).__name__}")
+    return messages

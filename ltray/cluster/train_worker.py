@@ -1,0 +1,224 @@
+"""One pre-training run on Ray Train: a `TorchTrainer` whose workers each run the single-process `Pretrainer`.
+
+Ray Train starts the workers and the torch process group (gloo on CPU, NCCL on GPU); `Pretrainer` then does SyncBN,
+DDP, the distributed sampler, the all-gather with gradient and the world-size loss scaling (specs/README.md,
+convention 4). Every epoch all workers call `ray.train.report` once; on checkpoint epochs rank 0 attaches the
+ltray checkpoint, which Ray copies into the run's storage folder. After a worker dies, `FailureConfig` restarts the
+group and each worker resumes exactly from `ray.train.get_checkpoint()`. A run started again under the same name
+and storage path (a resumed sweep) also finds its last checkpoint there.
+
+Rank 0 logs each epoch's metrics to the trial's MLflow run with `step=epoch`. The run id travels in the checkpoint
+(`Pretrainer.mlflow_run_id`), and epochs that MLflow already holds (logged before a crash, then trained again after
+the resume) are not logged twice.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ltray.config import Config, config_from_dict
+from ltray.data.loading import RunData
+from ltray.errors import CheckpointError
+from ltray.train import distributed as dist_utils
+from ltray.train.checkpoint import latest_checkpoint
+
+EPOCH_KEY = "loss"
+RESUME_KEY = "resumed_at_epoch"
+ARTIFACT_FOLDER = "train"
+
+
+@dataclass(frozen=True)
+class MlflowTarget:
+    """Where a training run logs: the tracking URI, the experiment and the run id."""
+
+    tracking_uri: str
+    experiment: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a pre-training run is laid out on Ray Train."""
+
+    storage_path: str
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_failures: int = 1
+    knn_every: int = 0
+    keep_checkpoints: int = 2
+
+
+def knn_monitor(data: RunData, every: int, k: int) -> Callable[[Any, int], dict[str, float]]:
+    """An epoch monitor: kNN accuracy of the backbone's features, test set against the balanced `train_full` bank,
+    every `every` epochs on rank 0 (other ranks return nothing; rank 0's metrics are the ones reported)."""
+    from ltray.eval.features import extract_features
+    from ltray.eval.knn import knn_accuracy
+
+    bank_images, bank_labels = data.role_images("train_full")
+    bank_y = torch.from_numpy(np.asarray(bank_labels, dtype=np.int64))
+    test_y = torch.from_numpy(np.asarray(data.test.labels, dtype=np.int64))
+
+    def monitor(model: Any, epoch: int) -> dict[str, float]:
+        if dist_utils.rank() != 0 or epoch % every:
+            return {}
+        device = next(model.parameters()).device
+        bank = extract_features(model.backbone, bank_images, device=device)
+        test = extract_features(model.backbone, data.test.images, device=device)
+        result = knn_accuracy(bank, bank_y, test, test_y, num_classes=data.num_classes, k=k)
+        return {"knn_top1": result.top1, "knn_balanced": result.balanced}
+
+    return monitor
+
+
+class EpochLogger:
+    """The `EpochReporter` of a Ray Train worker: MLflow on rank 0 (each epoch once), `ray.train.report` on all
+    ranks, with the newest checkpoint file on checkpoint epochs."""
+
+    def __init__(self, target: MlflowTarget | None, run_dir: Path) -> None:
+        self.target = target
+        self.run_dir = run_dir
+        self.rank = dist_utils.rank()
+        self.logged_steps: set[int] = set()
+        self.uploaded: set[str] = set()
+        self._tracking: Any = None
+
+    def attach(self, run_id: str | None) -> None:
+        """Log to `run_id` (the checkpoint's, when resuming); learn which epochs MLflow already holds."""
+        if self.target is None or self.rank != 0:
+            return
+        from ltray.tracking.runs import SweepTracking
+
+        if run_id is not None and run_id != self.target.run_id:
+            self.target = MlflowTarget(self.target.tracking_uri, self.target.experiment, run_id)
+        self._tracking = SweepTracking(self.target.tracking_uri, self.target.experiment)
+        history = self._tracking.client.get_metric_history(self.target.run_id, EPOCH_KEY)
+        self.logged_steps = {int(metric.step) for metric in history}
+        listed = self._tracking.client.list_artifacts(self.target.run_id, ARTIFACT_FOLDER)
+        self.uploaded = {Path(item.path).name for item in listed}
+
+    def log_resume(self, epoch: int) -> None:
+        """Record that this attempt continued from the checkpoint of `epoch` (metric `resumed_at_epoch`)."""
+        if self._tracking is not None and self.target is not None:
+            self._tracking.log_epoch_metrics(self.target.run_id, {RESUME_KEY: float(epoch)}, step=epoch)
+
+    def __call__(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        import ray.train
+
+        if self._tracking is not None and self.target is not None:
+            if epoch not in self.logged_steps:
+                self._tracking.log_epoch_metrics(self.target.run_id, metrics, step=epoch)
+                self.logged_steps.add(epoch)
+            self._upload_artifacts()
+        newest = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None and self.rank == 0 else None
+        if newest is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="ltray-report-") as folder:
+            os.replace(newest, Path(folder) / newest.name)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    def _upload_artifacts(self) -> None:
+        folder = self.run_dir / "artifacts"
+        if not folder.is_dir() or self.target is None:
+            return
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.name not in self.uploaded:
+                self._tracking.client.log_artifact(self.target.run_id, str(path), ARTIFACT_FOLDER)
+                self.uploaded.add(path.name)
+
+
+def restore_from_ray(trainer: Any) -> bool:
+    """Load the checkpoint Ray Train hands this worker (after a failure or a resumed sweep), if any."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return False
+    with checkpoint.as_directory() as folder:
+        path = latest_checkpoint(Path(folder))
+        if path is None:
+            raise CheckpointError(f"the Ray checkpoint {checkpoint.path} holds no ltray checkpoint file")
+        trainer.resume_from(path)
+    return True
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train's per-worker function: rebuild the config, resume from Ray's checkpoint if there is one, train
+    with `Pretrainer`, report every epoch; kNN monitor every `knn_every` epochs (else `eval.knn_every`)."""
+    from ltray.train.loop import Pretrainer
+
+    workdir = Path(tempfile.mkdtemp(prefix="ltray-worker-"))
+    try:
+        cfg = config_from_dict(loop_config["config"]).replace({"run.output_dir": str(workdir), "run.progress": "off"})
+        target = loop_config.get("mlflow")
+        logger = EpochLogger(MlflowTarget(**target) if target else None, cfg.run_dir)
+        trainer = Pretrainer(cfg, reporter=logger)
+        resumed = restore_from_ray(trainer)
+        if trainer.mlflow_run_id is None and target:
+            trainer.mlflow_run_id = target["run_id"]
+        logger.attach(trainer.mlflow_run_id)
+        if resumed:
+            logger.log_resume(trainer.epoch)
+        if trainer.epoch >= cfg.optim.epochs:
+            return
+        knn_every = int(loop_config.get("knn_every") or cfg.eval.knn_every)
+        monitor = knn_monitor(trainer.data, knn_every, cfg.eval.knn_k) if knn_every > 0 else None
+        trainer.run(monitor=monitor)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _in_tune_session() -> bool:
+    from ray.tune.trainable.trainable_fn_utils import _in_tune_session as in_tune
+
+    return bool(in_tune())
+
+
+def fit_training(cfg: Config, run_name: str, settings: TrainSettings, mlflow: MlflowTarget | None = None):
+    """Run one pre-training on Ray Train and return its `ray.train.Result` (the last checkpoint in `.checkpoint`).
+
+    The run folder is `settings.storage_path/run_name`; inside a Tune trial the per-epoch metrics also reach Tune.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.api.config import LoggingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ltray.cluster.runtime import use_fast_train_reports
+
+    use_fast_train_reports()
+    use_gpu = settings.gpus_per_worker > 0
+    per_worker: dict[str, float] = {"CPU": settings.cpus_per_worker}
+    if use_gpu:
+        per_worker["GPU"] = settings.gpus_per_worker
+    callbacks = []
+    if _in_tune_session():
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "mlflow": None if mlflow is None else mlflow.__dict__.copy(),
+            "knn_every": settings.knn_every,
+        },
+        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=settings.storage_path,
+            failure_config=FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
+            callbacks=callbacks,
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    return trainer.fit()

@@ -1,0 +1,48 @@
+"""The sweep's comparison and per-probe tables, from summaries built by hand."""
+
+from __future__ import annotations
+
+from ltray.cluster.summary import comparison_rows, probe_of, probe_rows, probe_title, sweep_markdown
+from ltray.eval.metrics import summarize_runs
+
+
+def _rows():
+    # Two splits of one configuration: full-shot All 60 and 70 → 65 ± 5; group_std 0.1 and 0.2 → 0.15 ± 0.05.
+    colt = summarize_runs([
+        {"run": "s1", "full_all": 60.0, "full_many": 80.0, "full_medium": 60.0, "full_few": 40.0,
+         "full_group_std": 0.1, "few_all": 30.0, "shot10_all": 20.0},
+        {"run": "s2", "full_all": 70.0, "full_many": 90.0, "full_medium": 70.0, "full_few": 50.0,
+         "full_group_std": 0.2, "few_all": 40.0, "shot10_all": 30.0},
+    ], expected=["s1", "s2", "s3"])
+    return [("colt", colt)]
+
+
+def test_probe_names_split_at_the_first_underscore():
+    assert probe_of("shot10_group_std") == ("shot10", "group_std")
+    assert probe_of("few_few") == ("few", "few")
+    assert probe_title("shot5") == "5-shot probe (mean over draws)"
+    assert probe_title("few") == "few-shot linear probe (S_b)"
+
+
+def test_probe_rows_strip_the_prefix():
+    (name, summary), = probe_rows(_rows(), "full")
+    assert name == "colt"
+    assert summary["mean"] == {"all": 65.0, "many": 85.0, "medium": 65.0, "few": 45.0, "group_std": 0.15000000000000002}
+    assert summary["std"]["all"] == 5.0
+    assert summary["missing"] == ["s3"] and summary["n_runs"] == 2
+
+
+def test_comparison_has_headline_figures_and_other_probes_all():
+    (name, summary), = comparison_rows(_rows())
+    assert set(summary["mean"]) == {"all", "many", "medium", "few", "group_std", "few-shot All (%)",
+                                    "10-shot All (%)"}
+    assert summary["mean"]["few-shot All (%)"] == 35.0 and summary["std"]["10-shot All (%)"] == 5.0
+
+
+def test_markdown_has_the_comparison_then_one_table_per_probe():
+    text = sweep_markdown(_rows(), "sweep demo")
+    assert text.startswith("# sweep demo")
+    assert "| colt | 2 | 65.00 ± 5.00 | 85.00 ± 5.00 | 65.00 ± 5.00 | 45.00 ± 5.00 | 0.1500 ± 0.0500 |" in text
+    assert text.index("## full-shot linear probe") < text.index("## few-shot linear probe (S_b)") < \
+        text.index("## 10-shot probe (mean over draws)")
+    assert text.count("| s3 |") == 4
