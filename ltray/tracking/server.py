@@ -131,6 +131,7 @@ class MlflowServer:
         deadline = time.monotonic() + self.startup_timeout_s
         health = f"{self.tracking_uri}/health"
         process = self._process
+        last_error = ""
         while process is not None and time.monotonic() < deadline:
             exit_code = process.poll()
             if exit_code is not None:
@@ -144,10 +145,14 @@ class MlflowServer:
                         return
             except (urllib.error.URLError, OSError):
                 pass
+            except LtrayError as error:
+                # /health answers before the first REST request has initialised the store; under load that
+                # request can time out, so keep polling until the start-up deadline
+                last_error = str(error)
             time.sleep(0.25)
         raise LtrayError(
-            f"mlflow server on {self.tracking_uri} was not healthy after {self.startup_timeout_s:.0f} s; "
-            f"log tail:\n{self.log_tail()}"
+            f"mlflow server on {self.tracking_uri} was not healthy after {self.startup_timeout_s:.0f} s"
+            f"{f' ({last_error})' if last_error else ''}; log tail:\n{self.log_tail()}"
         )
 
     def is_running(self) -> bool:
