@@ -6,9 +6,10 @@
    - end: last epoch's result → the trial's final result (Train teardown, `fit()` returning, `tune.report`).
 2. Throughput (images/s, median over the epochs after the first) of the single-process loop (`pretrain`, all cores
    to torch), of a 1-worker and of a 2-worker Ray Train run (DDP over gloo, the cores split between the workers), on
-   the same data and config; printed as ratios to the single process.
+   the same data and config; the three are run in turn `--repeats` times (so a passing load spike hits all of them)
+   and the median of each is printed, with its ratio to the single process.
 
-    python bench/bench_orchestration.py [--config experiments/configs/embedded_simclr.yaml] [--epochs 4]
+    python bench/bench_orchestration.py [--config experiments/configs/embedded_simclr.yaml] [--epochs 4] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -96,24 +97,29 @@ def tune_overhead(cfg: Config, workdir: Path, cpus: float) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the measurements and print them (and write them as JSON with --json)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "experiments" / "configs" / "embedded_simclr.yaml"))
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     cpus = os.cpu_count() or 2
     cfg = load_config(args.config, {"optim.epochs": args.epochs, "optim.warmup_epochs": 1,
                                     "run.checkpoint_every": args.epochs})
+    singles, ones, twos = [], [], []
     with tempfile.TemporaryDirectory(prefix="ltray-bench-") as folder:
         workdir = Path(folder)
-        single = single_process(cfg, workdir, cpus)
         runtime.connect("local", num_cpus=cpus)
         try:
             overhead = tune_overhead(cfg, workdir, float(cpus))
-            one = ray_train(cfg, workdir, 1, float(cpus))
-            two = ray_train(cfg, workdir, 2, cpus / 2)
+            for repeat in range(args.repeats):
+                singles.append(single_process(cfg, workdir / f"r{repeat}", cpus))
+                ones.append(ray_train(cfg, workdir / f"r{repeat}", 1, float(cpus)))
+                twos.append(ray_train(cfg, workdir / f"r{repeat}", 2, cpus / 2))
         finally:
             runtime.disconnect()
+    single, one, two = statistics.median(singles), statistics.median(ones), statistics.median(twos)
     figures = {
         **overhead,
         "single_process_images_per_s": single,
@@ -123,12 +129,20 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_2_workers_to_single": two / single,
         "cpus": float(cpus),
         "epochs": float(args.epochs),
+        "repeats": float(args.repeats),
+        "runs_single_process": singles,
+        "runs_train_1_worker": ones,
+        "runs_train_2_workers": twos,
     }
-    print(f"data {cfg.data.dataset}, {args.epochs} epochs, batch {cfg.optim.batch_size}, {cpus} CPUs")
+    print(f"data {cfg.data.dataset}, {args.epochs} epochs, batch {cfg.optim.batch_size}, {cpus} CPUs, "
+          f"median of {args.repeats} runs each")
     print(f"Tune trial overhead: start -> first epoch result {overhead['start_overhead_s']:.1f} s "
           f"(beyond the epoch's own training), last epoch -> trial result {overhead['end_overhead_s']:.1f} s")
     print(f"throughput: single process {single:.0f} img/s; Ray Train 1 worker {one:.0f} img/s "
           f"(ratio {one / single:.2f}); 2 workers {two:.0f} img/s (ratio {two / single:.2f})")
+    print("  each run (img/s): single " + ", ".join(f"{v:.0f}" for v in singles)
+          + "; 1 worker " + ", ".join(f"{v:.0f}" for v in ones)
+          + "; 2 workers " + ", ".join(f"{v:.0f}" for v in twos))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0

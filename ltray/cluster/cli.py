@@ -43,6 +43,10 @@ def build_parser(prog: str, description: str, default_config: Path) -> argparse.
     parser.add_argument("--name", help="sweep name (default: the config's name plus a timestamp)")
     parser.add_argument("--experiment", help="MLflow experiment (default: the config's)")
     parser.add_argument("--address", help="Ray cluster: auto, local (default), host:port or ray://host:port")
+    parser.add_argument("--dashboard-host", default="127.0.0.1",
+                        help="interface of the dashboard of a Ray started here (default 127.0.0.1; 0.0.0.0 exposes "
+                             "it to the network)")
+    parser.add_argument("--dashboard-port", type=int, help="port of that dashboard (default 8265)")
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI: http(s)://..., sqlite:///abs/path.db, ...")
     parser.add_argument("--storage", help="root folder of sweep results and checkpoints (default ./ray_results)")
     parser.add_argument("--resume", action="store_true",
@@ -117,7 +121,8 @@ def run_script(
         config = args.config or (dataset_configs or {}).get(args.data or "", default_config)
         spec = spec_from_args(args, config, extra_sets(args) if extra_sets else [])
         options = SweepOptions(address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage,
-                               resume=args.resume, max_concurrent=args.max_concurrent, timestamp_name=not args.name)
+                               resume=args.resume, max_concurrent=args.max_concurrent, timestamp_name=not args.name,
+                               dashboard_host=args.dashboard_host, dashboard_port=args.dashboard_port)
         outcome = run_sweep(spec, options, echo=lambda line: print(line, flush=True))
     except LtrayError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)

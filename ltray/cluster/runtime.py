@@ -61,11 +61,12 @@ def connect(
     *,
     num_cpus: int | None = None,
     num_gpus: int | None = None,
-    host: str = LOCALHOST,
+    dashboard_host: str = LOCALHOST,
     dashboard_port: int | None = None,
 ) -> RayConnection:
-    """`address` None or "local": start Ray here (node and dashboard on `host`); "auto": the cluster this node
-    belongs to (or `RAY_ADDRESS`); "host:port" or "ray://host:port": that cluster. Already connected: reuse."""
+    """`address` None or "local": start Ray here (node on 127.0.0.1, dashboard on `dashboard_host`); "auto": the
+    cluster this node belongs to (or `RAY_ADDRESS`); "host:port" or "ray://host:port": that cluster. Already
+    connected: reuse."""
     import ray
 
     use_fast_train_reports()
@@ -77,8 +78,8 @@ def connect(
     try:
         if local:
             info = ray.init(
-                address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address=host,
-                include_dashboard=True, dashboard_host=host, dashboard_port=dashboard_port,
+                address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address=LOCALHOST,
+                include_dashboard=True, dashboard_host=dashboard_host, dashboard_port=dashboard_port,
                 logging_level=logging.WARNING, logging_config=ray.LoggingConfig(log_level="WARNING"),
             )
         else:

@@ -43,6 +43,8 @@ class SweepOptions:
     resume: bool = False
     max_concurrent: int | None = None
     timestamp_name: bool = False
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int | None = None
 
 
 @dataclass
@@ -95,12 +97,14 @@ def resolve_sweep_dir(spec: SweepSpec, options: SweepOptions, root: Path) -> Pat
 def preflight(trials: list[Trial]) -> None:
     """Read the data of one trial per (data set, split, pool) before starting Ray: missing files fail here."""
     from ltray.data.loading import load_run_data
+    from ltray.methods.registry import parse_method
 
     checked: set[tuple[Any, ...]] = set()
     for trial in sorted(trials, key=lambda t: -int(t.config["method"]["colt"]["budget"])):
         cfg = trial.build_config()
         colt = cfg.method.colt
-        key = (cfg.data.dataset, cfg.data.split, cfg.data.subset, "colt" in cfg.method.name, colt.pool, colt.pool_path)
+        key = (cfg.data.dataset, cfg.data.split, cfg.data.subset, parse_method(cfg.method.name).has("colt"),
+               colt.pool, colt.pool_path)
         if key in checked:
             continue
         checked.add(key)
@@ -185,12 +189,12 @@ def summarize_sweep(tracking: Any, parent_run_id: str, title: str, sweep_dir: Pa
 def _parent_tags(trials: list[Trial]) -> dict[str, str]:
     from ltray.tracking.runs import standard_tags
 
+    from ltray.methods.registry import parse_method
+
     configs = [trial.build_config() for trial in trials]
 
     def joined(values: list[str]) -> str:
         return ",".join(dict.fromkeys(values))
-
-    from ltray.methods.registry import parse_method
 
     return standard_tags(
         method=joined([c.method.name for c in configs]),
@@ -198,6 +202,38 @@ def _parent_tags(trials: list[Trial]) -> dict[str, str]:
         dataset=joined([c.data.dataset for c in configs]),
         reference_backed=all(parse_method(c.method.name).reference_backed for c in configs),
     )
+
+
+def _new_tuner(spec: SweepSpec, trials: list[Trial], trainable: Any, root: Path, concurrent: int,
+               callback: Any) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    scheduler = None
+    if spec.asha is not None:
+        # max_t beyond the last epoch: ASHA stops a trial that reaches max_t, which must not happen to a trial
+        # that trained to the end and still has to be evaluated.
+        scheduler = ASHAScheduler(
+            time_attr="epoch", metric=spec.asha.metric, mode=spec.asha.mode,
+            max_t=max(int(t.config["optim"]["epochs"]) for t in trials) + 1,
+            grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor,
+        )
+    return tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search([trial.name for trial in trials])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=concurrent, scheduler=scheduler,
+            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(name=spec.name, storage_path=str(root), verbose=1, callbacks=[callback]),
+    )
+
+
+def _start_message(spec: SweepSpec, trials: list[Trial], concurrent: int) -> str:
+    r = spec.resources
+    gpus = f" + {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else ""
+    return (f"sweep {spec.name}: {len(trials)} trials, up to {concurrent} at once "
+            f"({r.workers} worker(s) x {r.cpus_per_worker:g} CPU{gpus} per trial)")
 
 
 def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> SweepOutcome:
@@ -214,7 +250,6 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
     if options.address not in (None, "", "local"):
         runtime.use_token_auth_when_available()
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     root = storage_root(options.storage)
     sweep_dir = resolve_sweep_dir(spec, options, root)
@@ -225,24 +260,22 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
             f"MLflow experiment {spec.experiment!r} already has a sweep named {spec.name!r}; "
             "pass --resume to continue it or choose another --name"
         )
-    connection = runtime.connect(options.address)
+    connection = runtime.connect(options.address, dashboard_host=options.dashboard_host,
+                                 dashboard_port=options.dashboard_port)
+    parent_run_id: str | None = None
     try:
-        resources = runtime.cluster_resources()
-        concurrent = options.max_concurrent or max_concurrent_trials(resources, spec.resources, len(trials))
+        concurrent = options.max_concurrent or max_concurrent_trials(
+            runtime.cluster_resources(), spec.resources, len(trials)
+        )
         parent_run_id = tracking.start_parent(spec.name, spec.parameters(), _parent_tags(trials))
-        echo(f"sweep {spec.name}: {len(trials)} trials, up to {concurrent} at once "
-             f"({spec.resources.workers} worker(s) x {spec.resources.cpus_per_worker:g} CPU"
-             f"{f' + {spec.resources.gpus_per_worker:g} GPU' if spec.resources.gpus_per_worker else ''} per trial)")
+        echo(_start_message(spec, trials, concurrent))
         for line in watch_lines(connection.dashboard_url, tracking_uri, tracking.experiment_id):
             echo(line)
         echo(f"storage: {sweep_dir}")
         settings = TrainSettings(
-            storage_path=str(sweep_dir / TRAIN_RUNS),
-            workers=spec.resources.workers,
-            cpus_per_worker=spec.resources.cpus_per_worker,
-            gpus_per_worker=spec.resources.gpus_per_worker,
-            max_failures=spec.max_failures,
-            knn_every=1 if spec.asha is not None else 0,
+            storage_path=str(sweep_dir / TRAIN_RUNS), workers=spec.resources.workers,
+            cpus_per_worker=spec.resources.cpus_per_worker, gpus_per_worker=spec.resources.gpus_per_worker,
+            max_failures=spec.max_failures, knn_every=1 if spec.asha is not None else 0,
         )
         context = TrialContext(tracking_uri, spec.experiment, parent_run_id, settings,
                                {trial.name: trial.to_param() for trial in trials})
@@ -253,27 +286,8 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
             echo(f"resuming {sweep_dir}: finished trials are kept, the others continue from their checkpoints")
             tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
         else:
-            scheduler = None
-            if spec.asha is not None:
-                # max_t beyond the last epoch: ASHA stops a trial that reaches max_t, which must not happen
-                # to a trial that trained to the end and still has to be evaluated.
-                scheduler = ASHAScheduler(
-                    time_attr="epoch", metric=spec.asha.metric, mode=spec.asha.mode,
-                    max_t=max(int(t.config["optim"]["epochs"]) for t in trials) + 1,
-                    grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor,
-                )
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"trial": tune.grid_search([trial.name for trial in trials])},
-                tune_config=tune.TuneConfig(
-                    max_concurrent_trials=concurrent, scheduler=scheduler,
-                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
-                ),
-                run_config=tune.RunConfig(
-                    name=spec.name, storage_path=str(root), verbose=1,
-                    callbacks=[_tune_callback(tracking_uri, spec.experiment, parent_run_id)],
-                ),
-            )
+            callback = _tune_callback(tracking_uri, spec.experiment, parent_run_id)
+            tuner = _new_tuner(spec, trials, trainable, root, concurrent, callback)
         with InterruptWatch() as watch:
             results = tuner.fit()
         errors = _errors(results)
@@ -284,6 +298,10 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
             _close_running_children(tracking, parent_run_id)
         markdown = summarize_sweep(tracking, parent_run_id, f"sweep {spec.name}", sweep_dir)
         tracking.finish(parent_run_id, "KILLED" if interrupted else ("FAILED" if errors else "FINISHED"))
+    except BaseException:
+        if parent_run_id is not None:
+            tracking.finish(parent_run_id, "FAILED")
+        raise
     finally:
         runtime.disconnect()
     return SweepOutcome(spec.name, sweep_dir, tracking_uri, parent_run_id, markdown, errors, interrupted)

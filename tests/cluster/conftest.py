@@ -6,6 +6,7 @@ processes of its cluster), then its process group is killed; no other Ray instan
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,6 +101,7 @@ def ray_head() -> Iterator[RayHead]:
         yield RayHead(address, f"http://{LOCALHOST}:{dashboard}", temp_dir, process, log_path)
     finally:
         _stop_head(process)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

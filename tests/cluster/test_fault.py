@@ -30,11 +30,12 @@ def _worker_pids() -> list[int]:
 
 
 @pytest.fixture
-def connected(ray_head):
+def connected(ray_head, monkeypatch):
+    """This process joined to the test head (Ray reads the token mode at import, hence the reset)."""
     import ray
     from ray._private.authentication_test_utils import reset_auth_token_state
 
-    os.environ["RAY_AUTH_MODE"] = "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
     reset_auth_token_state()
     ray.init(address=ray_head.address)
     try:
