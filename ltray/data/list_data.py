@@ -44,6 +44,7 @@ from ltray.config import Config
 from ltray.data.lists import import_imagenet_lists, read_text_list
 from ltray.data.sources import ImageListSource
 from ltray.data.splits import ItemList, Split
+from ltray.data.train_data import IndexSpace
 from ltray.errors import ConfigError, DataError, TrainingDiverged
 from ltray.eval.features import extract_features_from_batches, module_device
 from ltray.eval.metrics import evaluate_logits, topk_accuracy
@@ -69,7 +70,7 @@ EXISTENCE_SAMPLE = 8  # files checked per list before anything is read
 
 
 @dataclass
-class ListTrainData:
+class ListTrainData(IndexSpace):
     """The run's training set read from image lists: ID items 0..N_id−1 in list order, pool item j at N_id + j.
 
     The public surface is that of the array-backed `TrainData`; `active_pool` holds the pool positions currently in
@@ -93,32 +94,12 @@ class ListTrainData:
         return 0 if self.pool_source is None else len(self.pool_source)
 
     @property
-    def index_space(self) -> int:
-        """Size of the dataset-index space: every per-index state buffer has this length."""
-        return self.num_id + self.pool_size
-
-    @property
     def id_images(self) -> ImageListSource:
         return self.id_source
 
     @property
     def pool_images(self) -> ImageListSource | None:
         return self.pool_source
-
-    def set_active_pool(self, positions: np.ndarray) -> None:
-        positions = np.asarray(positions, dtype=np.int64)
-        if len(positions) and (self.pool_source is None or positions.min() < 0 or positions.max() >= self.pool_size):
-            raise DataError("active pool positions out of range")
-        if len(np.unique(positions)) != len(positions):
-            raise DataError("active pool positions contain duplicates")
-        self.active_pool = positions
-
-    def members(self) -> np.ndarray:
-        """Dataset indices of the current training set, ID first."""
-        return np.concatenate([np.arange(self.num_id, dtype=np.int64), self.num_id + self.active_pool])
-
-    def __len__(self) -> int:
-        return self.num_id + len(self.active_pool)
 
     def load(self, index: int) -> Image.Image:
         """The RGB image of dataset index `index` (ID or pool, whatever is active)."""
@@ -137,9 +118,6 @@ class ListTrainData:
             out[~is_id] = self.pool_source.labels[index[~is_id] - self.num_id]
         return out
 
-    def is_ood(self, index: torch.Tensor) -> torch.Tensor:
-        """The ID/OOD domain comes from the index range, never from labels (convention 1)."""
-        return index >= self.num_id
 
 
 # ----- per-item pipelines -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ batch is one fancy-indexing call and augmentation runs batched in the training p
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,8 +16,48 @@ import torch
 from ltray.errors import DataError
 
 
+class IndexSpace(ABC):
+    """The dataset-index space shared by array and image-list training sets: ID items 0..N_id−1, pool position j
+    at N_id + j, and the pool positions currently active. Subclasses provide `num_id`, `pool_size` and the
+    `active_pool` attribute."""
+
+    active_pool: np.ndarray
+
+    @property
+    @abstractmethod
+    def num_id(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def pool_size(self) -> int: ...
+
+    @property
+    def index_space(self) -> int:
+        """Size of the dataset-index space: every per-index state buffer has this length."""
+        return self.num_id + self.pool_size
+
+    def set_active_pool(self, positions: np.ndarray) -> None:
+        positions = np.asarray(positions, dtype=np.int64)
+        if len(positions) and (positions.min() < 0 or positions.max() >= self.pool_size):
+            raise DataError("active pool positions out of range")
+        if len(np.unique(positions)) != len(positions):
+            raise DataError("active pool positions contain duplicates")
+        self.active_pool = positions
+
+    def members(self) -> np.ndarray:
+        """Dataset indices of the current training set, ID first."""
+        return np.concatenate([np.arange(self.num_id, dtype=np.int64), self.num_id + self.active_pool])
+
+    def __len__(self) -> int:
+        return self.num_id + len(self.active_pool)
+
+    def is_ood(self, index: torch.Tensor) -> torch.Tensor:
+        """The ID/OOD domain comes from the index range, never from labels (convention 1)."""
+        return index >= self.num_id
+
+
 @dataclass
-class TrainData:
+class TrainData(IndexSpace):
     """ID items from `id_images` (N_id rows) plus the active subset of `pool_images`.
 
     `active_pool` holds the pool positions currently in the training set (COLT's current selection, or MAK's fixed
@@ -52,25 +93,6 @@ class TrainData:
     def pool_size(self) -> int:
         return 0 if self.pool_images is None else len(self.pool_images)
 
-    @property
-    def index_space(self) -> int:
-        """Size of the dataset-index space: every per-index state buffer has this length."""
-        return self.num_id + self.pool_size
-
-    def set_active_pool(self, positions: np.ndarray) -> None:
-        positions = np.asarray(positions, dtype=np.int64)
-        if len(positions) and (self.pool_images is None or positions.min() < 0 or positions.max() >= self.pool_size):
-            raise DataError("active pool positions out of range")
-        if len(np.unique(positions)) != len(positions):
-            raise DataError("active pool positions contain duplicates")
-        self.active_pool = positions
-
-    def members(self) -> np.ndarray:
-        """Dataset indices of the current training set, ID first."""
-        return np.concatenate([np.arange(self.num_id, dtype=np.int64), self.num_id + self.active_pool])
-
-    def __len__(self) -> int:
-        return self.num_id + len(self.active_pool)
 
     def images(self, index: np.ndarray) -> np.ndarray:
         """uint8 images [B, H, W, 3] for dataset indices."""
@@ -94,7 +116,3 @@ class TrainData:
         if self.pool_labels is not None and (~is_id).any():
             out[~is_id] = self.pool_labels[index[~is_id] - self.num_id]
         return out
-
-    def is_ood(self, index: torch.Tensor) -> torch.Tensor:
-        """The ID/OOD domain comes from the index range, never from labels (convention 1)."""
-        return index >= self.num_id
