@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from types import NoneType, UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -189,6 +191,26 @@ class Config:
         return Path(self.run.output_dir) / self.run.name
 
 
+class ConfigYamlLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with YAML 1.2 booleans: only true/false (any case) are booleans, so `on`, `off`, `yes`
+    and `no` stay text, as `run.progress: off` means. Boolean fields still accept those words (`_coerce`)."""
+
+
+ConfigYamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigYamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
+
+
+def read_yaml(text: str) -> Any:
+    """Parse config YAML with `ConfigYamlLoader`."""
+    return yaml.load(text, Loader=ConfigYamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _field_types(obj: Any) -> dict[str, Any]:
     return get_type_hints(type(obj))
 
@@ -204,8 +226,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is bool or text.startswith("bool"):
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if annotation is int or text.startswith("int"):
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
@@ -225,6 +247,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a number, got {value!r}") from None
     if isinstance(value, (dict, list)):
         raise ConfigError(f"{key} must be a single value, got {value!r}")
+    if isinstance(value, bool):
+        # a YAML 1.1 reader (plain yaml.safe_load, e.g. of a sweep file) turned on/off/yes/no into a boolean;
+        # every on/off choice of this config is spelled "on"/"off", so that is the text it stood for
+        return "on" if value else "off"
     return str(value)
 
 
@@ -257,16 +283,38 @@ def _apply_mapping(cfg: Config, mapping: dict[str, Any], prefix: str = "") -> No
         set_dotted(cfg, f"{prefix}{key}", value)
 
 
+def _annotation(key: str) -> Any:
+    """The declared type of the config field `key` (dotted), or None when `key` names no value field."""
+    node: Any = Config
+    for part in key.split("."):
+        types = get_type_hints(node) if dataclasses.is_dataclass(node) else {}
+        if part not in types:
+            return None
+        node = types[part]
+    return None if dataclasses.is_dataclass(node) else node
+
+
+def _is_text_field(annotation: Any) -> bool:
+    """`str` or `str | None`."""
+    optional = get_origin(annotation) in (Union, UnionType) and set(get_args(annotation)) == {str, NoneType}
+    return annotation is str or optional
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """Parse `a.b=value`; the value is read as YAML (so `0.5`, `true`, `null` get their types)."""
+    """Parse `a.b=value`; the value is read as YAML (so `0.5`, `true`, `null` get their types), except that a text
+    field keeps the raw text whenever YAML would read a number, boolean or date (`run.progress=off`,
+    `run.name=010` stay "off" and "010"); `null` still clears an optional text field."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key=value")
     key, raw = text.split("=", 1)
+    key = key.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return key.strip(), value
+    if _is_text_field(_annotation(key)) and not isinstance(value, (str, dict, list, type(None))):
+        value = raw.strip()
+    return key, value
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
@@ -277,7 +325,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            mapping = yaml.safe_load(p.read_text()) or {}
+            mapping = read_yaml(p.read_text()) or {}
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
             raise ConfigError(f"config file {p} is not valid YAML: {first}") from None

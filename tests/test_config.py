@@ -75,8 +75,44 @@ def test_parse_override() -> None:
     assert parse_override("a=null") == ("a", None)
     assert parse_override("a=") == ("a", "")
     assert parse_override("a=x=y") == ("a", "x=y")
+    assert parse_override("run.progress=off") == ("run.progress", "off")
+    assert parse_override("model.sync_bn=off") == ("model.sync_bn", "off")  # YAML 1.2: only true/false are booleans
+    assert parse_override("data.root=null") == ("data.root", None)
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("novalue")
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "expected"),
+    [
+        ("run.progress=off", "progress", "off"),
+        ("run.progress=on", "progress", "on"),
+        ("run.progress=auto", "progress", "auto"),
+        ("run.amp=off", "amp", "off"),
+        ("run.name=yes", "name", "yes"),
+        ("run.name=010", "name", "010"),
+        ("run.name=1.50", "name", "1.50"),
+        ("run.name=2024-01-02", "name", "2024-01-02"),
+        ("run.name='on'", "name", "on"),
+    ],
+)
+def test_text_fields_keep_the_text_of_a_set(override: str, key: str, expected: str) -> None:
+    assert getattr(load_config(None, [override]).run, key) == expected
+
+
+def test_on_off_words_in_config_files_and_mappings(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  sync_bn: off\n  channels_last: yes\nrun:\n  progress: off\n  amp: off\n  name: no\n")
+    cfg = load_config(path)
+    assert (cfg.run.progress, cfg.run.amp, cfg.run.name) == ("off", "off", "no")
+    assert cfg.model.sync_bn is False and cfg.model.channels_last is True
+    # a mapping read by a YAML 1.1 reader elsewhere (plain yaml.safe_load of a sweep file) holds booleans
+    from_safe_load = load_config(None, {"run.progress": False, "run.amp": False, "model.sync_bn": "on"})
+    assert (from_safe_load.run.progress, from_safe_load.run.amp, from_safe_load.model.sync_bn) == ("off", "off", True)
+    assert load_config(None, ["model.sync_bn=off"]).model.sync_bn is False
+    assert load_config(None, ["data.root=null"]).data.root is None
+    assert "run.amp must be one of auto, off, bf16, fp16; got 'on'" in _error({"run.amp": True})
+    assert "run.progress must be one of auto, on, off; got 'maybe'" in _error(["run.progress=maybe"])
 
 
 @pytest.mark.parametrize(

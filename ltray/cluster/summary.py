@@ -79,6 +79,11 @@ def comparison_rows(rows: Sequence[SummaryRow]) -> list[SummaryRow]:
     return [(name, _restrict(summary, keys)) for name, summary in rows]
 
 
+def sweep_title(sweep_name: str) -> str:
+    """The heading of a sweep's summary, the same for the sweep's own print-out and `ltray report --sweep`."""
+    return f"sweep {sweep_name}"
+
+
 def sweep_markdown(rows: Sequence[SummaryRow], title: str) -> str:
     """The comparison table, then one table per probe; mean ± population std over each configuration's runs."""
     probes = _probes(rows)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ltray.cluster.grid import SweepSpec, Trial, expand_trials, max_concurrent_trials
-from ltray.cluster.summary import sweep_markdown
+from ltray.cluster.summary import sweep_markdown, sweep_title
 from ltray.cluster.trial import DRIVER_MEMORY_BYTES, FINAL_MARK, TrialContext, run_trial
 from ltray.cluster.train_worker import TrainSettings
 from ltray.errors import ConfigError
@@ -296,7 +296,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
         interrupted = watch.interrupted or (spec.asha is None and bool(unfinished))
         if interrupted:
             _close_running_children(tracking, parent_run_id)
-        markdown = summarize_sweep(tracking, parent_run_id, f"sweep {spec.name}", sweep_dir)
+        markdown = summarize_sweep(tracking, parent_run_id, sweep_title(spec.name), sweep_dir)
         tracking.finish(parent_run_id, "KILLED" if interrupted else ("FAILED" if errors else "FINISHED"))
     except BaseException:
         if parent_run_id is not None:

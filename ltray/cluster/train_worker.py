@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -57,22 +58,46 @@ class TrainSettings:
     keep_checkpoints: int = 2
 
 
-def knn_monitor(data: RunData, every: int, k: int) -> Callable[[Any, int], dict[str, float]]:
+def knn_monitor(data: RunData, every: int, k: int, workers: int = 0) -> Callable[[Any, int], dict[str, float]]:
     """An epoch monitor: kNN accuracy of the backbone's features, test set against the balanced `train_full` bank,
-    every `every` epochs on rank 0 (other ranks return nothing; rank 0's metrics are the ones reported)."""
+    every `every` epochs on rank 0 (other ranks return nothing; rank 0's metrics are the ones reported).
+
+    Image-list data sets read both sets through their lists with the inference transform (`workers` loader
+    workers); without a `train_full` list the monitor warns once and reports nothing."""
     from ltray.eval.features import extract_features
     from ltray.eval.knn import knn_accuracy
 
-    bank_images, bank_labels = data.role_images("train_full")
-    bank_y = torch.from_numpy(np.asarray(bank_labels, dtype=np.int64))
-    test_y = torch.from_numpy(np.asarray(data.test.labels, dtype=np.int64))
+    if data.is_list:
+        from ltray.data.list_data import source_features
+
+        if "train_full" not in data.sources:
+            warnings.warn(f"kNN monitor skipped: {data.dataset} has no train_full list (set data.full_list)",
+                          stacklevel=2)
+            return lambda model, epoch: {}
+        bank_source, test_source = data.role_source("train_full"), data.role_source("test")
+
+        def features(model: Any, role: str, device: torch.device) -> torch.Tensor:
+            source = bank_source if role == "bank" else test_source
+            return source_features(model.backbone, source, image_size=data.image_size, workers=workers,
+                                   device=device)
+
+        bank_labels, test_labels = bank_source.labels, test_source.labels
+    else:
+        bank_images, bank_labels = data.role_images("train_full")
+        assert data.test is not None
+        test_images, test_labels = data.test.images, data.test.labels
+
+        def features(model: Any, role: str, device: torch.device) -> torch.Tensor:
+            return extract_features(model.backbone, bank_images if role == "bank" else test_images, device=device)
+
+    bank_y = torch.from_numpy(np.array(bank_labels, dtype=np.int64))
+    test_y = torch.from_numpy(np.array(test_labels, dtype=np.int64))
 
     def monitor(model: Any, epoch: int) -> dict[str, float]:
         if dist_utils.rank() != 0 or epoch % every:
             return {}
         device = next(model.parameters()).device
-        bank = extract_features(model.backbone, bank_images, device=device)
-        test = extract_features(model.backbone, data.test.images, device=device)
+        bank, test = features(model, "bank", device), features(model, "test", device)
         result = knn_accuracy(bank, bank_y, test, test_y, num_classes=data.num_classes, k=k)
         return {"knn_top1": result.top1, "knn_balanced": result.balanced}
 
@@ -151,6 +176,17 @@ def restore_from_ray(trainer: Any) -> bool:
     return True
 
 
+def shard_pool_embedder(trainer: Any) -> Any:
+    """COLT's pool embedder of this worker: its shard of the trainer's `colt_pool` dataset (ltray.pools.shard_embed).
+    Every worker calls this once, together (Ray Train sets up the split on the first call)."""
+    import ray.train
+
+    from ltray.pools.shard_embed import POOL_DATASET, DatasetShardEmbedder
+
+    pool = trainer.train_data.pool_images
+    return DatasetShardEmbedder(ray.train.get_dataset_shard(POOL_DATASET), pool.shape[1:], len(pool))
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's per-worker function: rebuild the config, resume from Ray's checkpoint if there is one, train
     with `Pretrainer`, report every epoch; kNN monitor every `knn_every` epochs (else `eval.knn_every`)."""
@@ -162,6 +198,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         target = loop_config.get("mlflow")
         logger = EpochLogger(MlflowTarget(**target) if target else None, cfg.run_dir)
         trainer = Pretrainer(cfg, reporter=logger)
+        if loop_config.get("colt_pool_dataset"):
+            trainer.pool_embedder = shard_pool_embedder(trainer)
         resumed = restore_from_ray(trainer)
         if trainer.mlflow_run_id is None and target:
             trainer.mlflow_run_id = target["run_id"]
@@ -171,7 +209,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if trainer.epoch >= cfg.optim.epochs:
             return
         knn_every = int(loop_config.get("knn_every") or cfg.eval.knn_every)
-        monitor = knn_monitor(trainer.data, knn_every, cfg.eval.knn_k) if knn_every > 0 else None
+        monitor = (
+            knn_monitor(trainer.data, knn_every, cfg.eval.knn_k, cfg.data.loader_workers) if knn_every > 0 else None
+        )
         trainer.run(monitor=monitor)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -187,14 +227,19 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, mlflow: Ml
     """Run one pre-training on Ray Train and return its `ray.train.Result` (the last checkpoint in `.checkpoint`).
 
     The run folder is `settings.storage_path/run_name`; inside a Tune trial the per-epoch metrics also reach Tune.
+    A COLT run with an array pool also gets the pool as the Ray Dataset `colt_pool`, which the workers embed in
+    shards at each resample (`ltray.pools.shard_embed`).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.config import LoggingConfig
     from ray.train.torch import TorchTrainer
 
+    from ltray.cluster.pool_dataset import PoolShardConfig, colt_pool_dataset
     from ltray.cluster.runtime import use_fast_train_reports
+    from ltray.pools.shard_embed import POOL_DATASET
 
     use_fast_train_reports()
+    pool = colt_pool_dataset(cfg)
     use_gpu = settings.gpus_per_worker > 0
     per_worker: dict[str, float] = {"CPU": settings.cpus_per_worker}
     if use_gpu:
@@ -210,7 +255,10 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, mlflow: Ml
             "config": cfg.to_dict(),
             "mlflow": None if mlflow is None else mlflow.__dict__.copy(),
             "knn_every": settings.knn_every,
+            "colt_pool_dataset": pool is not None,
         },
+        datasets=None if pool is None else {POOL_DATASET: pool},
+        dataset_config=PoolShardConfig() if pool is not None else None,
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(
             name=run_name,

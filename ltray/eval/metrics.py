@@ -261,11 +261,16 @@ def _summary_columns(rows: Sequence[tuple[str, Mapping[str, object]]]) -> list[s
     return [metric for metric in METRIC_LABELS if metric in present] + sorted(present - set(METRIC_LABELS))
 
 
+def is_std_metric(metric: str) -> bool:
+    """Std-type figures (fractions, 4 decimals): `group_std`, `class_std`, also probe-prefixed (`full_group_std`)."""
+    return any(metric == name or metric.endswith(f"_{name}") for name in STD_METRICS)
+
+
 def _format_cell(metric: str, summary: Mapping[str, object]) -> str:
     means: Mapping[str, float] = summary["mean"]  # type: ignore[assignment]
     if metric not in means:
         return "–"
-    digits = 4 if metric in STD_METRICS else 2
+    digits = 4 if is_std_metric(metric) else 2
     return f"{means[metric]:.{digits}f} ± {summary['std'][metric]:.{digits}f}"  # type: ignore[index]
 
 

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
+from ltray.errors import DataError
+
 if TYPE_CHECKING:
     from ltray.config import Config
     from ltray.data.train_data import TrainData
@@ -39,7 +41,11 @@ class Term:
 
 @dataclass
 class EpochContext:
-    """What epoch hooks may read or change: the model, the training data and an embedding function."""
+    """What epoch hooks may read or change: the model, the training data and embedding functions.
+
+    `embed` embeds the given images in this process. `embed_pool` embeds the whole pool, spread over the ranks
+    (or, on Ray Train, over the workers' shards of the pool dataset; `ltray.pools.shard_embed`).
+    """
 
     epoch: int
     model: torch.nn.Module
@@ -47,6 +53,16 @@ class EpochContext:
     device: torch.device
     embed: Callable[[np.ndarray], np.ndarray]
     log_artifact: Callable[[str, str], None]
+    embed_pool: Callable[[], np.ndarray | None] | None = None
+
+    def pool_embedding(self) -> np.ndarray | None:
+        """The pool's embeddings [M, d] in pool-index order on rank 0 (other ranks may get None). Every rank must
+        call it at the same point, as it may hold collectives. Without `embed_pool`: `embed` of the whole pool."""
+        if self.embed_pool is not None:
+            return self.embed_pool()
+        if self.data.pool_images is None:
+            raise DataError("the training data has no pool to embed")
+        return self.embed(self.data.pool_images)
 
 
 class Component:

@@ -21,7 +21,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
 from ltray.errors import DataError, LtrayError
-from ltray.eval.metrics import GROUP_NAMES, format_summary_table, summarize_runs, summary_metrics, write_summary_csv
+from ltray.cluster.summary import sweep_markdown, sweep_title
+from ltray.eval.metrics import GROUP_NAMES, summarize_runs, summary_metrics, write_summary_csv
 from ltray.tracking.runs import (
     ROLE_PARENT,
     TAG_CONFIG_KEY,
@@ -262,7 +263,8 @@ def find_sweep_parent(client: MlflowClient, sweep_name: str) -> Run:
 
 
 def fetch_sweep_summary(tracking_uri: str, sweep_name: str) -> str:
-    """Rebuild the Markdown summary table of a sweep from its parent and child runs (`ltray report --sweep`)."""
+    """Rebuild a sweep's summary from its parent and child runs (`ltray report --sweep`): the very Markdown the
+    sweep printed and attached (`ltray.cluster.summary.sweep_markdown`), mean ± std over splits for every figure."""
     if tracking_uri.lower().startswith("sqlite:") and not sqlite_path(tracking_uri).is_file():
         raise LtrayError(f"no MLflow store at {sqlite_path(tracking_uri)}; pass the tracking URI the sweep used")
     check_tracking_reachable(tracking_uri)
@@ -271,4 +273,4 @@ def fetch_sweep_summary(tracking_uri: str, sweep_name: str) -> str:
     rows = sweep_summary_rows(client, parent)
     if not rows:
         raise LtrayError(f"sweep {sweep_name!r} (run {parent.info.run_id}) has no trial runs yet")
-    return format_summary_table(rows)
+    return sweep_markdown(rows, sweep_title(sweep_name))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 
 from ltray.errors import CheckpointError
+from ltray.train import distributed as dist_utils
 
 FORMAT = "ltray-checkpoint-v1"
 _EPOCH_FILE = re.compile(r"^epoch_(\d{4,})\.pt$")
@@ -43,6 +45,51 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states() -> list[dict[str, Any]] | None:
+    """Every rank's `rng_state()`, indexed by rank, on rank 0 (None on the other ranks); a collective call.
+
+    A checkpoint holds all of them, so that a resumed distributed run gives each rank back its own stream
+    (specs/README.md convention 6: seed + rank).
+    """
+    if not dist_utils.is_distributed():
+        return [rng_state()]
+    world = dist_utils.world_size()
+    states: list[dict[str, Any]] | None = [{} for _ in range(world)] if dist_utils.rank() == 0 else None
+    torch.distributed.gather_object(rng_state(), states, dst=0)
+    return states
+
+
+def reseed(seed: int, rank: int, epoch: int) -> None:
+    """Seed Python, NumPy and torch from (seed + rank, epoch): distinct per rank, the same on every replay."""
+    derived = int(np.random.SeedSequence([(seed + rank) % 2**64, epoch]).generate_state(1)[0])
+    random.seed(derived)
+    np.random.seed(derived)
+    torch.manual_seed(derived)
+
+
+def restore_rng_states(saved: list[dict[str, Any]] | dict[str, Any], *, seed: int, epoch: int) -> bool:
+    """Give this rank its own saved RNG state; returns whether the streams continue exactly.
+
+    `saved` is `gather_rng_states()` of the checkpointed run (a single dict in checkpoints written before every
+    rank's state was kept: that run's rank 0). When the world size changed, the saved states do not map onto the
+    ranks, so every rank is reseeded with `reseed(seed, rank, epoch)` and rank 0 says so on stderr.
+    """
+    states = [saved] if isinstance(saved, dict) else list(saved)
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    if len(states) == world:
+        set_rng_state(states[rank])
+        return True
+    reseed(seed, rank, epoch)
+    if rank == 0:
+        print(
+            f"ltray: the checkpoint holds the RNG states of {len(states)} rank(s) but {world} are running; "
+            f"reseeded every rank from (seed + rank, epoch {epoch})",
+            file=sys.stderr,
+            flush=True,
+        )
+    return False
 
 
 def _as_tuple(value: Any) -> Any:

@@ -31,14 +31,15 @@ from ltray.methods.method import Method, build_method
 from ltray.methods.registry import parse_method
 from ltray.methods.base import EpochContext, Step
 from ltray.models.contrastive import ContrastiveModel, build_model
+from ltray.pools.shard_embed import PoolEmbedder, default_pool_embedder
 from ltray.train import distributed as dist_utils
 from ltray.train.checkpoint import (
     checkpoint_name,
+    gather_rng_states,
     latest_checkpoint,
     load_checkpoint,
-    rng_state,
+    restore_rng_states,
     save_checkpoint,
-    set_rng_state,
 )
 from ltray.losses.gh import gh_two_stage_lr
 from ltray.train.optim import build_optimizer, iteration_lr, set_lr
@@ -136,6 +137,10 @@ def embed_images(model: ContrastiveModel, images: np.ndarray, device: torch.devi
 class Pretrainer:
     """Owns one pre-training run: model, optimiser, method state, data, checkpoints."""
 
+    # COLT's whole-pool embedding (`ltray.pools.shard_embed`); None: the ranks share the pool array. A Ray Train
+    # worker sets it to embed its shard of the pool dataset.
+    pool_embedder: PoolEmbedder | None = None
+
     def __init__(self, cfg: Config, data: RunData | None = None, reporter: EpochReporter | None = None) -> None:
         self.cfg = cfg
         self.rank = dist_utils.rank()
@@ -146,10 +151,11 @@ class Pretrainer:
         self.train_data = self.data.train
         self.method = build_method(cfg, self.train_data.index_space, self.device)
         options = self.method.model_options()
-        torch.manual_seed(cfg.run.seed)
-        self.model = build_model(
-            cfg.model.arch, width=cfg.model.width, head=options["head"], dual_bn=options["dual_bn"]
-        ).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # the same initial weights on every rank; each keeps its own stream
+            torch.manual_seed(cfg.run.seed)
+            self.model = build_model(
+                cfg.model.arch, width=cfg.model.width, head=options["head"], dual_bn=options["dual_bn"]
+            ).to(self.device)
         if cfg.model.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.pruned_second = bool(options["pruned_second"])
@@ -178,6 +184,7 @@ class Pretrainer:
 
     # ----- checkpoints -------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """The full resumable state; a collective call (every rank's RNG state is gathered, complete on rank 0)."""
         return {
             "epoch": self.epoch,
             "iteration": self.iteration,
@@ -186,7 +193,7 @@ class Pretrainer:
             "scaler": self.scaler.state_dict(),
             "method": self.method.state_dict(),
             "active_pool": torch.from_numpy(self.train_data.active_pool.copy()),
-            "rng": rng_state(),
+            "rng": gather_rng_states(),
             "config": self.cfg.to_dict(),
             "mlflow_run_id": self.mlflow_run_id,
             "history": self.history,
@@ -208,7 +215,7 @@ class Pretrainer:
         self.scaler.load_state_dict(state["scaler"])
         self.method.load_state_dict(state["method"])
         self.train_data.set_active_pool(state["active_pool"].numpy())
-        set_rng_state(state["rng"])
+        restore_rng_states(state["rng"], seed=self.cfg.run.seed, epoch=int(state["epoch"]))
         self.epoch = int(state["epoch"])
         self.iteration = int(state["iteration"])
         self.mlflow_run_id = state.get("mlflow_run_id")
@@ -219,8 +226,9 @@ class Pretrainer:
 
     def save(self) -> Path:
         path = self.ckpt_dir / checkpoint_name(self.epoch)
+        state = self.state()  # on every rank: it gathers the RNG states
         if self.rank == 0:
-            save_checkpoint(path, self.state())
+            save_checkpoint(path, state)
         return path
 
     # ----- training ----------------------------------------------------------------------------------------
@@ -230,16 +238,23 @@ class Pretrainer:
                 (self.run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
                 (self.run_dir / "artifacts" / name).write_text(text)
 
+        def embed(images: Any) -> np.ndarray:
+            if self.list_views is None:
+                return embed_images(self.model, images, self.device)
+            return self.list_views.embed(self.model, images, self.device)
+
+        def embed_pool() -> np.ndarray | None:
+            embedder = self.pool_embedder or default_pool_embedder(self.train_data.pool_images, embed)
+            return embedder(self.model, self.device)
+
         return EpochContext(
             epoch=self.epoch,
             model=self.model,
             data=self.train_data,
             device=self.device,
-            embed=lambda images: (
-                embed_images(self.model, images, self.device) if self.list_views is None
-                else self.list_views.embed(self.model, images, self.device)
-            ),
+            embed=embed,
             log_artifact=log_artifact,
+            embed_pool=embed_pool,
         )
 
     def _lr(self) -> float:

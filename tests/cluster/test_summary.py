@@ -46,3 +46,14 @@ def test_markdown_has_the_comparison_then_one_table_per_probe():
     assert text.index("## full-shot linear probe") < text.index("## few-shot linear probe (S_b)") < \
         text.index("## 10-shot probe (mean over draws)")
     assert text.count("| s3 |") == 4
+
+
+def test_std_figures_have_four_decimals_in_every_table():
+    summary = summarize_runs([
+        {"run": "s1", "full_all": 60.0, "full_group_std": 0.1, "few_all": 30.0, "few_group_std": 0.3},
+        {"run": "s2", "full_all": 70.0, "full_group_std": 0.2, "few_all": 40.0, "few_group_std": 0.5},
+    ])
+    text = sweep_markdown([("colt", summary)], "sweep demo")
+    few_table = text[text.index("## few-shot linear probe (S_b)"):]
+    assert "| colt | 2 | 35.00 ± 5.00 | 0.4000 ± 0.1000 | – |" in few_table
+    assert "0.40 ± 0.10" not in text and "0.15 ± 0.05" not in text

@@ -9,6 +9,8 @@ import pytest
 from matplotlib.image import imread
 from mlflow.tracking import MlflowClient
 
+from ltray.cli import main
+from ltray.cluster.summary import sweep_markdown, sweep_title
 from ltray.errors import DataError, LtrayError
 from ltray.eval.metrics import format_summary_table, summarize_runs
 from ltray.tracking.artifacts import (
@@ -116,35 +118,70 @@ def _finished_child(tracking: SweepTracking, parent: str, trial: str, config: st
     return child
 
 
-@pytest.mark.slow
-def test_sweep_summary_round_trip(mlflow_server: MlflowServer, experiment_name: str, tmp_path: Path) -> None:
-    uri = mlflow_server.tracking_uri
-    sweep = f"{experiment_name}-sweep"
-    tracking = SweepTracking(uri, experiment_name)
+SIMCLR_S1 = {"full_all": 70.0, "full_few": 50.0, "full_group_std": 0.10, "few_all": 30.0}
+SIMCLR_S2 = {"full_all": 74.0, "full_few": 56.0, "full_group_std": 0.14, "few_all": 34.0}
+SDCLR_S1 = {"full_all": 60.0, "full_few": 40.0, "full_group_std": 0.2, "few_all": 20.0}
+
+
+def _summary_rows() -> list[tuple[str, dict[str, object]]]:
+    """What the sweep of `_record_sweep` must summarise to: simclr-s3 failed, so it is missing."""
+    return [
+        ("sdclr", summarize_runs([{"run": "sdclr-s1", **SDCLR_S1}])),
+        (
+            "simclr",
+            summarize_runs(
+                [{"run": "simclr-s1", **SIMCLR_S1}, {"run": "simclr-s2", **SIMCLR_S2}],
+                expected=["simclr-s1", "simclr-s2", "simclr-s3"],
+            ),
+        ),
+    ]
+
+
+def _record_sweep(tracking: SweepTracking, sweep: str) -> str:
     parent = tracking.start_parent(sweep, {}, {})
-    _finished_child(tracking, parent, "simclr-s1", "simclr", {"all": 70.0, "few": 50.0, "group_std": 0.10})
-    _finished_child(tracking, parent, "simclr-s2", "simclr", {"all": 74.0, "few": 56.0, "group_std": 0.14})
+    _finished_child(tracking, parent, "simclr-s1", "simclr", SIMCLR_S1)
+    _finished_child(tracking, parent, "simclr-s2", "simclr", SIMCLR_S2)
     failed = tracking.start_child(parent, "simclr-s3", {"config": "simclr"}, {"ltray.config_key": "simclr"})
     tracking.log_epoch_metrics(failed, {"loss": 3.0}, step=0)
     tracking.finish(failed, "FAILED")
     crashed = tracking.start_child(parent, "sdclr-s1", {"config": "sdclr"}, {"ltray.config_key": "sdclr"})
     tracking.finish(crashed, "FAILED")
-    _finished_child(tracking, parent, "sdclr-s1", "sdclr", {"all": 60.0, "few": 40.0, "group_std": 0.2})
+    _finished_child(tracking, parent, "sdclr-s1", "sdclr", SDCLR_S1)
+    return parent
 
-    rows = [
-        ("sdclr", summarize_runs([{"run": "sdclr-s1", "all": 60.0, "few": 40.0, "group_std": 0.2}])),
-        (
-            "simclr",
-            summarize_runs(
-                [
-                    {"run": "simclr-s1", "all": 70.0, "few": 50.0, "group_std": 0.10},
-                    {"run": "simclr-s2", "all": 74.0, "few": 56.0, "group_std": 0.14},
-                ],
-                expected=["simclr-s1", "simclr-s2", "simclr-s3"],
-            ),
-        ),
-    ]
-    markdown = format_summary_table(rows)
+
+def test_report_prints_the_sweeps_own_summary_from_a_sqlite_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    _record_sweep(SweepTracking(uri, "report-test"), "demo")
+
+    assert main(["report", "--sweep", "demo", "--mlflow-uri", uri]) == 0
+    printed = capsys.readouterr().out
+    assert printed == sweep_markdown(_summary_rows(), sweep_title("demo")) + "\n"
+    assert printed.startswith("# sweep demo\n")
+    simclr_lines = [line for line in printed.splitlines() if line.startswith("| simclr |")]
+    assert len(simclr_lines) == 3  # comparison, full-shot and few-shot tables
+    comparison, full, few = simclr_lines
+    assert comparison == "| simclr | 2 | 72.00 ± 2.00 | 53.00 ± 3.00 | 0.1200 ± 0.0200 | 32.00 ± 2.00 | simclr-s3 |"
+    assert full == "| simclr | 2 | 72.00 ± 2.00 | 53.00 ± 3.00 | 0.1200 ± 0.0200 | simclr-s3 |"
+    assert few == "| simclr | 2 | 32.00 ± 2.00 | simclr-s3 |"
+
+
+def test_std_type_figures_get_four_decimals_under_any_name() -> None:
+    summary = summarize_runs([{"run": "a", **SIMCLR_S1}, {"run": "b", **SIMCLR_S2}])
+    table = format_summary_table([("simclr", summary)])
+    assert "| 0.1200 ± 0.0200 |" in table and "0.12 ± 0.02" not in table
+
+
+@pytest.mark.slow
+def test_sweep_summary_round_trip(mlflow_server: MlflowServer, experiment_name: str, tmp_path: Path) -> None:
+    uri = mlflow_server.tracking_uri
+    sweep = f"{experiment_name}-sweep"
+    tracking = SweepTracking(uri, experiment_name)
+    parent = _record_sweep(tracking, sweep)
+    rows = _summary_rows()
+    markdown = sweep_markdown(rows, sweep_title(sweep))
     table = fetch_sweep_summary(uri, sweep)
     assert table == markdown
     simclr_line = next(line for line in table.splitlines() if line.startswith("| simclr |"))
@@ -156,16 +193,16 @@ def test_sweep_summary_round_trip(mlflow_server: MlflowServer, experiment_name: 
     logged = log_sweep_summary(tracking.client, parent, rows, markdown, summary_csv(rows))
     metrics = tracking.client.get_run(parent).data.metrics
     assert metrics == logged
-    assert metrics["simclr/all_mean"] == pytest.approx(72.0)
-    assert metrics["simclr/all_std"] == pytest.approx(2.0)
+    assert metrics["simclr/full_all_mean"] == pytest.approx(72.0)
+    assert metrics["simclr/full_all_std"] == pytest.approx(2.0)
     assert metrics["simclr/n_runs"] == 2.0
-    assert metrics["sdclr/few_std"] == 0.0
+    assert metrics["sdclr/full_few_std"] == 0.0
     assert _download_text(tracking.client, parent, "summary.md", tmp_path) == markdown
     csv_rows = list(csv.DictReader(io.StringIO(_download_text(tracking.client, parent, "summary.csv", tmp_path))))
     assert [(row["configuration"], row["n_runs"], row["missing"]) for row in csv_rows] == [
         ("sdclr", "1", ""), ("simclr", "2", "simclr-s3"),
     ]
-    assert float(csv_rows[1]["all_mean"]) == pytest.approx(72.0)
+    assert float(csv_rows[1]["full_all_mean"]) == pytest.approx(72.0)
 
     with pytest.raises(LtrayError, match=f"no sweep named 'nope' in the MLflow store; known sweeps: .*{sweep}"):
         fetch_sweep_summary(uri, "nope")

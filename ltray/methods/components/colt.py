@@ -20,7 +20,10 @@ from ltray.train.state import IndexedEMA
 @register("colt")
 class COLT(Component):
     """Tracks the tailness EMA S of ID items in the training step; at resample epochs replaces the OOD subset of
-    the training set with `budget` pool items picked near low-S k-means clusters of the ID embeddings."""
+    the training set with `budget` pool items picked near low-S k-means clusters of the ID embeddings.
+
+    At a resample every rank takes part in embedding the pool (`EpochContext.pool_embedding`); rank 0 embeds the ID
+    set, selects, logs the picks and broadcasts them."""
 
     def __init__(self, cfg, dataset_size: int, device: torch.device) -> None:
         super().__init__(cfg, dataset_size, device)
@@ -35,11 +38,11 @@ class COLT(Component):
         validate_colt_config(c.warmup, c.interval, c.budget, ctx.data.pool_size)
         if not is_resample_epoch(ctx.epoch + 1, c.warmup, c.interval):
             return
-        assert ctx.data.pool_images is not None
-        id_emb = ctx.embed(ctx.data.id_images)
-        pool_emb = ctx.embed(ctx.data.pool_images)
+        pool_emb = ctx.pool_embedding()  # on every rank: the pool may be embedded in shards and gathered
         picks = torch.zeros(c.budget, dtype=torch.int64, device=ctx.device)
         if dist_utils.rank() == 0:
+            assert pool_emb is not None
+            id_emb = ctx.embed(ctx.data.id_images)
             scores = self.tailness.values[: self.num_id].cpu().numpy()
             selection = colt_select(
                 id_emb, scores, pool_emb, c.budget, n_clusters=c.clusters,
