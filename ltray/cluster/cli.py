@@ -21,7 +21,8 @@ name one. MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/
 before any training starts. Storage: --storage, else $LTRAY_STORAGE, else ./ray_results (Ray Tune folder of the
 sweep, Ray Train run folders and checkpoints; on a cluster it must be shared by all nodes). Every trial is one
 MLflow child run under the sweep's parent run; the parent gets the summary (mean ± std over splits per
-configuration); `ltray report --sweep NAME` prints it again.
+configuration); `ltray report --sweep NAME` prints it again. --dry-run prints the trials, their resources and the
+expected cost (from ltray/cluster/throughput.json) and starts nothing; docs/reproduce.md lists the paper recipes.
 """
 
 
@@ -61,6 +62,14 @@ def build_parser(prog: str, description: str, default_config: Path) -> argparse.
                         help="trials at once (default: as many as the cluster's CPUs/GPUs hold)")
     parser.add_argument("--asha", action="store_true",
                         help="stop weak trials early (ASHA on the per-epoch kNN accuracy)")
+    dry = parser.add_argument_group("dry run")
+    dry.add_argument("--dry-run", action="store_true",
+                     help="print the trials, their resources and the expected cost (images, hours from measured "
+                          "throughput), then exit; starts neither Ray nor MLflow and reads no image data")
+    dry.add_argument("--cluster-cpus", type=float, help="with --dry-run: the cluster's CPUs (default this machine's)")
+    dry.add_argument("--cluster-gpus", type=float, help="with --dry-run: the cluster's GPUs (default this machine's)")
+    dry.add_argument("--gpu-kind", default="nvidia-h100",
+                     help="with --dry-run: the GPU whose measured throughput prices GPU trials (default nvidia-h100)")
     return parser
 
 
@@ -98,6 +107,19 @@ def spec_from_args(args: argparse.Namespace, config: Path, extra_sets: Sequence[
     return spec
 
 
+def dry_run_report(args: argparse.Namespace, spec: Any, config: Path) -> str:
+    """The `--dry-run` text (`ltray.cluster.dryrun.describe`) for the parsed flags."""
+    from ltray.cluster.dryrun import describe
+
+    cluster = None
+    if args.cluster_cpus is not None or args.cluster_gpus is not None:
+        cluster = {"CPU": args.cluster_cpus or 0.0, "GPU": args.cluster_gpus or 0.0}
+        if min(cluster.values()) < 0:
+            raise LtrayError("--cluster-cpus and --cluster-gpus must be >= 0")
+    return describe(spec, config_path=Path(config).resolve(), max_concurrent=args.max_concurrent, cluster=cluster,
+                    gpu_kind=args.gpu_kind)
+
+
 def run_script(
     prog: str,
     description: str,
@@ -108,9 +130,8 @@ def run_script(
     extra_sets: Callable[[argparse.Namespace], list[str]] | None = None,
     dataset_configs: Mapping[str, Path] | None = None,
 ) -> int:
-    """Parse the flags, run the sweep, print the comparison table. User errors: one line on stderr, exit 2."""
-    from ltray.cluster.sweep import SweepOptions, run_sweep
-
+    """Parse the flags, run the sweep, print the comparison table (with --dry-run: print the plan and its cost,
+    start nothing). User errors: one line on stderr, exit 2."""
     parser = build_parser(prog, description, default_config)
     if add_arguments is not None:
         add_arguments(parser)
@@ -120,6 +141,11 @@ def run_script(
             raise LtrayError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
         config = args.config or (dataset_configs or {}).get(args.data or "", default_config)
         spec = spec_from_args(args, config, extra_sets(args) if extra_sets else [])
+        if args.dry_run:
+            print(dry_run_report(args, spec, config))
+            return 0
+        from ltray.cluster.sweep import SweepOptions, run_sweep
+
         options = SweepOptions(address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage,
                                resume=args.resume, max_concurrent=args.max_concurrent, timestamp_name=not args.name,
                                dashboard_host=args.dashboard_host, dashboard_port=args.dashboard_port)
