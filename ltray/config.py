@@ -114,6 +114,22 @@ class COLTConfig:
 
 
 @dataclass
+class MakConfig:
+    """MAK run as a sweep method (specs/mak.md §1, §8): the candidate pool, the budget and the sampling
+    parameters. `pool` is `embedded` (the embedded OOD pool, `pool_size` items) or a pool folder made by
+    `ltray pool import`; `extractor_epochs` 0 trains the feature extractor for `optim.epochs`."""
+
+    pool: str = "embedded"
+    pool_size: int = 10000
+    budget: int = 10000
+    passes: int = 10
+    loss_weight: float = 0.5
+    core_ratio: float = 1.5
+    clusters: int = 10
+    extractor_epochs: int = 0
+
+
+@dataclass
 class MethodConfig:
     name: str = "simclr"
     temperature: float = 0.2
@@ -123,6 +139,7 @@ class MethodConfig:
     bcl: BCLConfig = field(default_factory=BCLConfig)
     gh: GHConfig = field(default_factory=GHConfig)
     colt: COLTConfig = field(default_factory=COLTConfig)
+    mak: MakConfig = field(default_factory=MakConfig)
 
 
 @dataclass
@@ -413,6 +430,21 @@ def validate(cfg: Config) -> None:
     _one_of(c.lr_total, ("reference", "exact"), "method.colt.lr_total")
     _one_of(c.pool, ("embedded", "random300k", "list", "parquet"), "method.colt.pool")
     _check(c.pool_size >= 1, "method.colt.pool_size must be >= 1")
+    k = m.mak
+    _check(bool(k.pool.strip()), "method.mak.pool must be 'embedded' or a pool folder")
+    _check(k.pool_size >= 1, f"method.mak.pool_size must be >= 1, got {k.pool_size}")
+    _check(k.budget >= 1, f"method.mak.budget must be >= 1, got {k.budget}")
+    _check(k.pool != "embedded" or k.budget <= k.pool_size,
+           f"method.mak.budget={k.budget} exceeds method.mak.pool_size={k.pool_size}")
+    _check(k.passes >= 2, f"method.mak.passes must be >= 2 (ECLE needs two augmented passes), got {k.passes}")
+    _check(0 <= k.loss_weight <= 1, f"method.mak.loss_weight must be in [0, 1], got {k.loss_weight}")
+    _check(k.core_ratio > 0, f"method.mak.core_ratio must be > 0, got {k.core_ratio}")
+    _check(k.clusters >= 1, f"method.mak.clusters must be >= 1, got {k.clusters}")
+    _check(k.extractor_epochs >= 0, f"method.mak.extractor_epochs must be >= 0, got {k.extractor_epochs}")
+    if parse_method(m.name).has("mak") and k.pool == "embedded" and not d.extra_data:
+        _check(d.dataset in ("scenes-lt", "digits-lt"),
+               f"method.mak.pool=embedded has 16x16 images; {d.dataset} needs a pool folder of its image size "
+               "(ltray pool import)")
     _one_of(o.optimizer, ("sgd", "lars"), "optim.optimizer")
     _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     _check(0 <= o.momentum < 1, "optim.momentum must be in [0, 1)")

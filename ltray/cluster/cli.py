@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ def build_parser(prog: str, description: str, default_config: Path) -> argparse.
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted sweep (the newest of that name, or --name): finished trials "
                              "are not run again, the others continue from their last checkpoint")
-    parser.add_argument("--workers-per-trial", type=int, help="Ray Train workers (DDP processes) per trial")
+    parser.add_argument("--workers-per-trial", type=int, help="Ray Train workers (DDP processes) per trial; 0 trains in the Tune trial's own process (no Ray Train worker group: less start-up on small CPU trials)")
     parser.add_argument("--cpus-per-worker", type=float, help="CPUs each training worker holds")
     parser.add_argument("--gpus-per-worker", type=float, help="GPUs each training worker holds (0: CPU training)")
     parser.add_argument("--max-failures", type=int, help="worker failures a trial survives (resuming from its "
@@ -129,9 +130,11 @@ def run_script(
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
     extra_sets: Callable[[argparse.Namespace], list[str]] | None = None,
     dataset_configs: Mapping[str, Path] | None = None,
+    after_sweep: Callable[[argparse.Namespace, Any, float], None] | None = None,
 ) -> int:
     """Parse the flags, run the sweep, print the comparison table (with --dry-run: print the plan and its cost,
-    start nothing). User errors: one line on stderr, exit 2."""
+    start nothing). `after_sweep(args, outcome, wall_seconds)` runs once every trial finished. User errors: one
+    line on stderr, exit 2."""
     parser = build_parser(prog, description, default_config)
     if add_arguments is not None:
         add_arguments(parser)
@@ -149,7 +152,10 @@ def run_script(
         options = SweepOptions(address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage,
                                resume=args.resume, max_concurrent=args.max_concurrent, timestamp_name=not args.name,
                                dashboard_host=args.dashboard_host, dashboard_port=args.dashboard_port)
+        started = time.monotonic()
         outcome = run_sweep(spec, options, echo=lambda line: print(line, flush=True))
+        if after_sweep is not None and outcome.exit_code == 0:
+            after_sweep(args, outcome, time.monotonic() - started)
     except LtrayError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -297,7 +297,7 @@ def describe(
     table = load_throughput() if table is None else table
     r = spec.resources
     device = CPU_DEVICE if r.gpus_per_worker == 0 else gpu_kind
-    costs = [trial_cost(trial, table, device, r.workers, r.cpus_per_worker) for trial in trials]
+    costs = [trial_cost(trial, table, device, max(1, r.workers), r.cpus_per_worker) for trial in trials]
     lines = [
         f"dry run of sweep {spec.name} (MLflow experiment {spec.experiment}); nothing was started",
         f"config: {config_path}",

@@ -13,8 +13,10 @@ A sweep YAML holds:
     resources: {workers_per_trial: 1, cpus_per_worker: 1, gpus_per_worker: 0}
     max_failures: 1
     asha: {metric: knn_balanced, mode: max, grace_period: 5, reduction_factor: 2}   # optional
+    extra_trials:                    # optional: configurations outside the grid, run on the same splits/seeds
+      - {data.subset: D_b}           # e.g. the balanced-data SimCLR reference row
 
-A key under `method.<component>.` (sdclr, focal, lotar, bcl, gh, colt) only matters to methods that contain the
+A key under `method.<component>.` (sdclr, focal, lotar, bcl, gh, colt, mak) only matters to methods that contain the
 component, so such an axis is dropped from trials whose method lacks it and the duplicates collapse into one trial
 (`simclr` is trained once, not once per COLT budget). The split and seed axes are replicates: the
 `ltray.config_key` of a trial leaves them out, so summaries give mean ± std over splits (or seeds) per
@@ -44,16 +46,17 @@ REPLICATE_KEYS = (SPLIT_KEY, SEED_KEY)
 RESERVED_KEYS = ("run.name", "run.output_dir")
 PATH_KEYS = (
     "data.root", "data.splits_dir", "data.train_list", "data.val_list", "data.test_list", "data.fewshot_list",
-    "data.full_list", "data.extra_data", "method.colt.pool_path",
+    "data.full_list", "data.extra_data", "method.colt.pool_path", "method.mak.pool",
 )  # fmt: skip
-SPEC_KEYS = ("name", "experiment", "base", "overrides", "axes", "resources", "max_failures", "asha")
+MAK_POOL_KEY = "method.mak.pool"  # a pool folder, or `embedded`
+SPEC_KEYS = ("name", "experiment", "base", "overrides", "axes", "resources", "max_failures", "asha", "extra_trials")
 RESOURCE_KEYS = ("workers_per_trial", "cpus_per_worker", "gpus_per_worker")
 ASHA_KEYS = ("metric", "mode", "grace_period", "reduction_factor")
 KNN_METRICS = ("knn_balanced", "knn_top1")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
-COMPONENT_SECTIONS = ("sdclr", "focal", "lotar", "bcl", "gh", "colt")
+COMPONENT_SECTIONS = ("sdclr", "focal", "lotar", "bcl", "gh", "colt", "mak")
 
 
 def _component_used(spec: MethodSpec, component: str) -> bool:
@@ -75,27 +78,32 @@ def key_applies(key: str, method: str) -> bool:
 
 @dataclass(frozen=True)
 class TrialResources:
-    """What one trial's Ray Train run asks for: `workers` processes, each with these CPUs and GPUs."""
+    """What one trial's Ray Train run asks for: `workers` processes, each with these CPUs and GPUs. `workers` 0
+    trains in the Tune trial's own process (no Ray Train worker group), which then holds one worker's resources."""
 
     workers: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ConfigError(f"workers per trial must be >= 1, got {self.workers}")
+        if self.workers < 0:
+            raise ConfigError(f"workers per trial must be >= 0 (0: train in the trial's process), got {self.workers}")
         if self.cpus_per_worker <= 0:
             raise ConfigError(f"CPUs per worker must be > 0, got {self.cpus_per_worker}")
         if self.gpus_per_worker < 0:
             raise ConfigError(f"GPUs per worker must be >= 0, got {self.gpus_per_worker}")
 
     @property
+    def in_process(self) -> bool:
+        return self.workers == 0
+
+    @property
     def cpus(self) -> float:
-        return self.workers * self.cpus_per_worker
+        return max(1, self.workers) * self.cpus_per_worker
 
     @property
     def gpus(self) -> float:
-        return self.workers * self.gpus_per_worker
+        return max(1, self.workers) * self.gpus_per_worker
 
 
 @dataclass(frozen=True)
@@ -152,6 +160,7 @@ class SweepSpec:
     resources: TrialResources = field(default_factory=TrialResources)
     max_failures: int = 1
     asha: AshaSettings | None = None
+    extra_trials: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -162,6 +171,8 @@ class SweepSpec:
             raise ConfigError(f"max_failures must be >= 0, got {self.max_failures}")
         for key, values in self.axes.items():
             check_axis(key, values)
+        for number, extra in enumerate(self.extra_trials):
+            check_extra_trial(number, extra)
 
     def set_axis(self, key: str, values: Sequence[Any]) -> None:
         check_axis(key, values)
@@ -176,6 +187,7 @@ class SweepSpec:
                       "gpus_per_worker": self.resources.gpus_per_worker, "max_failures": self.max_failures},
             "asha": "off" if self.asha is None else f"{self.asha.metric} {self.asha.mode} "
                     f"grace {self.asha.grace_period} eta {self.asha.reduction_factor}",
+            "extra_trials": str(self.extra_trials),
         }
 
 
@@ -195,6 +207,19 @@ def check_axis(key: str, values: Sequence[Any]) -> None:
             raise ConfigError(f"axis {key} lists {value!r} twice")
         seen.append(value)
     check_key(key)
+
+
+def check_extra_trial(number: int, extra: Any) -> None:
+    """An extra trial is a non-empty mapping of dotted config keys (not split or seed: those come from the axes)
+    to single values."""
+    if not isinstance(extra, Mapping) or not extra:
+        raise ConfigError(f"extra_trials[{number}] must be a non-empty mapping of dotted keys, got {extra!r}")
+    for key, value in extra.items():
+        if key in RESERVED_KEYS or key in REPLICATE_KEYS:
+            raise ConfigError(f"extra_trials[{number}]: {key} cannot be set here (it is set by the sweep's axes)")
+        if isinstance(value, (dict, list, tuple)):
+            raise ConfigError(f"extra_trials[{number}]: {key} must be a single value, got {value!r}")
+        check_key(str(key))
 
 
 def check_key(key: str) -> None:
@@ -272,7 +297,7 @@ def absolute_paths(cfg: Config, base_dir: Path) -> Config:
         value: Any = flat[section]
         for part in rest:
             value = value[part]
-        if value:
+        if value and not (key == MAK_POOL_KEY and value == "embedded"):
             updates[key] = str((base_dir / Path(value).expanduser()).resolve())
     return cfg.replace(updates) if updates else cfg
 
@@ -320,10 +345,19 @@ def load_sweep_spec(
         ),
         max_failures=int(mapping.get("max_failures", 1)),
         asha=asha,
+        extra_trials=_extra_trials(mapping.get("extra_trials"), path),
     )
     for key, values in (axes or {}).items():
         spec.set_axis(key, values)
     return spec
+
+
+def _extra_trials(raw: Any, path: Path) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(f"sweep config {path}: 'extra_trials' must be a list of mappings")
+    return [dict(item) if isinstance(item, Mapping) else item for item in raw]
 
 
 def _value_text(value: Any) -> str:
@@ -355,14 +389,24 @@ def config_key(method: str, overrides: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def expand_trials(spec: SweepSpec) -> list[Trial]:
-    """Every combination of the axes as a validated trial; inapplicable component keys are dropped and the
-    resulting duplicates collapse. Raises ConfigError naming the offending axis value."""
+def _assignments(spec: SweepSpec) -> list[dict[str, Any]]:
+    """The grid's combinations, then each extra trial crossed with the replicate axes (split, seed)."""
     keys = list(spec.axes)
+    grid = [dict(zip(keys, combination)) for combination in itertools.product(*(spec.axes[key] for key in keys))]
+    replicate_keys = [key for key in keys if key in REPLICATE_KEYS]
+    replicates = [dict(zip(replicate_keys, combination))
+                  for combination in itertools.product(*(spec.axes[key] for key in replicate_keys))]
+    extras = [{**extra, **replicate} for extra in spec.extra_trials for replicate in replicates]
+    return grid + extras
+
+
+def expand_trials(spec: SweepSpec) -> list[Trial]:
+    """Every combination of the axes as a validated trial, then the extra trials on every split/seed of the axes;
+    inapplicable component keys are dropped and the resulting duplicates collapse. Raises ConfigError naming the
+    offending axis value."""
     trials: list[Trial] = []
     seen: set[tuple[tuple[str, str], ...]] = set()
-    for combination in itertools.product(*(spec.axes[key] for key in keys)):
-        assignment = dict(zip(keys, combination))
+    for assignment in _assignments(spec):
         method = str(assignment.get("method.name", spec.base.method.name))
         try:
             parse_method(method)
@@ -388,14 +432,21 @@ def expand_trials(spec: SweepSpec) -> list[Trial]:
     return trials
 
 
+IN_PROCESS_RESERVED_CPUS = 0.5
+
+
 def max_concurrent_trials(cluster: Mapping[str, float], resources: TrialResources, num_trials: int) -> int:
     """How many trials fit side by side in the cluster's CPUs and GPUs (each trial holds its workers' resources;
-    its Tune driver holds none). ConfigError when not even one fits."""
+    its Tune driver holds none). In-process trials leave `IN_PROCESS_RESERVED_CPUS` free for the Ray tasks and
+    actors they start (MAK's scoring job) when more than one trial fits. ConfigError when not even one fits."""
     fits: list[int] = []
     eps = 1e-9
     cpus, gpus = float(cluster.get("CPU", 0.0)), float(cluster.get("GPU", 0.0))
     if resources.cpus > 0:
-        fits.append(math.floor(cpus / resources.cpus + eps))
+        fit = math.floor(cpus / resources.cpus + eps)
+        if resources.in_process and fit > 1:
+            fit = max(1, math.floor((cpus - IN_PROCESS_RESERVED_CPUS) / resources.cpus + eps))
+        fits.append(fit)
     if resources.gpus > 0:
         fits.append(math.floor(gpus / resources.gpus + eps))
     fit = min(fits) if fits else num_trials

@@ -46,6 +46,7 @@ class PoolShardConfig(DataConfig):
         for name, dataset in datasets.items():
             dataset = dataset.copy(dataset)
             dataset.context.execution_options = self._resolve_execution_options(name)
+            dataset.context.enable_progress_bars = False  # one pass per resample: bars would flood the trial logs
             for rank, split in enumerate(dataset.streaming_split(world_size, equal=False, locality_hints=hints)):
                 output[rank][name] = split
         return output

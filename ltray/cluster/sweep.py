@@ -204,6 +204,15 @@ def _parent_tags(trials: list[Trial]) -> dict[str, str]:
     )
 
 
+def trial_resources(spec: SweepSpec) -> dict[str, float]:
+    """What a Tune trial itself holds: a little memory when Ray Train workers hold the CPUs/GPUs, else (in-process
+    training, `workers_per_trial: 0`) one worker's CPUs and GPUs."""
+    r = spec.resources
+    if not r.in_process:
+        return {"cpu": 0, "memory": DRIVER_MEMORY_BYTES}
+    return {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker, "memory": DRIVER_MEMORY_BYTES}
+
+
 def _new_tuner(spec: SweepSpec, trials: list[Trial], trainable: Any, root: Path, concurrent: int,
                callback: Any) -> Any:
     from ray import tune
@@ -225,15 +234,20 @@ def _new_tuner(spec: SweepSpec, trials: list[Trial], trainable: Any, root: Path,
             max_concurrent_trials=concurrent, scheduler=scheduler,
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
         ),
-        run_config=tune.RunConfig(name=spec.name, storage_path=str(root), verbose=1, callbacks=[callback]),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=str(root), verbose=1, callbacks=[callback],
+            # in-process trials are retried by Tune (Ray Train retries its own workers)
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures if spec.resources.in_process else 0),
+        ),
     )
 
 
 def _start_message(spec: SweepSpec, trials: list[Trial], concurrent: int) -> str:
     r = spec.resources
     gpus = f" + {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else ""
-    return (f"sweep {spec.name}: {len(trials)} trials, up to {concurrent} at once "
-            f"({r.workers} worker(s) x {r.cpus_per_worker:g} CPU{gpus} per trial)")
+    layout = (f"trained in the trial's process, {r.cpus_per_worker:g} CPU{gpus}" if r.in_process
+              else f"{r.workers} worker(s) x {r.cpus_per_worker:g} CPU{gpus}")
+    return f"sweep {spec.name}: {len(trials)} trials, up to {concurrent} at once ({layout} per trial)"
 
 
 def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> SweepOutcome:
@@ -279,9 +293,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
         )
         context = TrialContext(tracking_uri, spec.experiment, parent_run_id, settings,
                                {trial.name: trial.to_param() for trial in trials})
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, context=context), {"cpu": 0, "memory": DRIVER_MEMORY_BYTES}
-        )
+        trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(spec))
         if options.resume:
             echo(f"resuming {sweep_dir}: finished trials are kept, the others continue from their checkpoints")
             tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)

@@ -47,7 +47,7 @@ class MlflowTarget:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How a pre-training run is laid out on Ray Train."""
+    """How a pre-training run is laid out on Ray Train (`workers` 0: in the calling process, `fit_in_process`)."""
 
     storage_path: str
     workers: int = 1
@@ -106,11 +106,18 @@ def knn_monitor(data: RunData, every: int, k: int, workers: int = 0) -> Callable
 
 class EpochLogger:
     """The `EpochReporter` of a Ray Train worker: MLflow on rank 0 (each epoch once), `ray.train.report` on all
-    ranks, with the newest checkpoint file on checkpoint epochs."""
+    ranks, with the newest checkpoint file on checkpoint epochs.
 
-    def __init__(self, target: MlflowTarget | None, run_dir: Path) -> None:
+    In-process mode (`keep_checkpoints` set: a run inside the calling process, no Ray Train): the checkpoints stay
+    in the run folder (the newest `keep_checkpoints` of them are kept) and the metrics go to `ray.tune.report`
+    when `tune_reports`."""
+
+    def __init__(self, target: MlflowTarget | None, run_dir: Path, *, keep_checkpoints: int | None = None,
+                 tune_reports: bool = False) -> None:
         self.target = target
         self.run_dir = run_dir
+        self.keep_checkpoints = keep_checkpoints
+        self.tune_reports = tune_reports
         self.rank = dist_utils.rank()
         self.logged_steps: set[int] = set()
         self.uploaded: set[str] = set()
@@ -143,6 +150,9 @@ class EpochLogger:
                 self._tracking.log_epoch_metrics(self.target.run_id, metrics, step=epoch)
                 self.logged_steps.add(epoch)
             self._upload_artifacts()
+        if self.keep_checkpoints is not None:
+            self._report_in_process(metrics, checkpoint_dir)
+            return
         newest = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None and self.rank == 0 else None
         if newest is None:
             ray.train.report(metrics)
@@ -150,6 +160,15 @@ class EpochLogger:
         with tempfile.TemporaryDirectory(prefix="ltray-report-") as folder:
             os.replace(newest, Path(folder) / newest.name)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    def _report_in_process(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is not None and self.keep_checkpoints:
+            for old in sorted(checkpoint_dir.glob("epoch_*.pt"))[: -self.keep_checkpoints]:
+                old.unlink()
+        if self.tune_reports:
+            import ray.tune
+
+            ray.tune.report(metrics)
 
     def _upload_artifacts(self) -> None:
         folder = self.run_dir / "artifacts"
@@ -223,13 +242,55 @@ def _in_tune_session() -> bool:
     return bool(in_tune())
 
 
-def fit_training(cfg: Config, run_name: str, settings: TrainSettings, mlflow: MlflowTarget | None = None):
+@dataclass(frozen=True)
+class InProcessResult:
+    """What `fit_in_process` returns, shaped like the parts of `ray.train.Result` the trials read."""
+
+    checkpoint: Any
+    metrics: dict[str, float]
+
+
+def fit_in_process(cfg: Config, run_name: str, settings: TrainSettings, mlflow: MlflowTarget | None = None,
+                   *, tune_reports: bool = True) -> InProcessResult:
+    """One pre-training in the calling process (a sweep with `workers_per_trial: 0`): no Ray Train worker group,
+    which saves its start-up (several actors) on small CPU trials. The run folder and its checkpoints are
+    `settings.storage_path/run_name` (shared storage on a cluster); a retried or resumed trial continues from the
+    newest checkpoint there, and MLflow keeps every epoch once, as with Ray Train."""
+    import ray.train
+
+    from ltray.train.loop import Pretrainer
+
+    run_cfg = cfg.replace({"run.output_dir": settings.storage_path, "run.name": run_name, "run.progress": "off"})
+    logger = EpochLogger(mlflow, run_cfg.run_dir, keep_checkpoints=settings.keep_checkpoints,
+                         tune_reports=tune_reports and _in_tune_session())
+    trainer = Pretrainer(run_cfg, reporter=logger)
+    latest = latest_checkpoint(trainer.ckpt_dir)
+    if latest is not None:
+        trainer.resume_from(latest)
+    if trainer.mlflow_run_id is None and mlflow is not None:
+        trainer.mlflow_run_id = mlflow.run_id
+    logger.attach(trainer.mlflow_run_id)
+    if latest is not None:
+        logger.log_resume(trainer.epoch)
+    knn_every = settings.knn_every or cfg.eval.knn_every
+    monitor = knn_monitor(trainer.data, knn_every, cfg.eval.knn_k) if knn_every > 0 else None
+    result = trainer.run(monitor=monitor)
+    return InProcessResult(ray.train.Checkpoint.from_directory(str(result.checkpoint.parent)),
+                           dict(result.history[-1]) if result.history else {})
+
+
+def fit_training(cfg: Config, run_name: str, settings: TrainSettings, mlflow: MlflowTarget | None = None,
+                 *, tune_reports: bool = True):
     """Run one pre-training on Ray Train and return its `ray.train.Result` (the last checkpoint in `.checkpoint`).
 
-    The run folder is `settings.storage_path/run_name`; inside a Tune trial the per-epoch metrics also reach Tune.
+    The run folder is `settings.storage_path/run_name`; inside a Tune trial the per-epoch metrics also reach Tune
+    unless `tune_reports` is false (MAK's feature extractor, whose epochs are not the trial's).
     A COLT run with an array pool also gets the pool as the Ray Dataset `colt_pool`, which the workers embed in
-    shards at each resample (`ltray.pools.shard_embed`).
+    shards at each resample (`ltray.pools.shard_embed`). With `settings.workers == 0` the run trains in this
+    process instead (`fit_in_process`).
     """
+    if settings.workers == 0:
+        return fit_in_process(cfg, run_name, settings, mlflow, tune_reports=tune_reports)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.config import LoggingConfig
     from ray.train.torch import TorchTrainer
@@ -245,7 +306,7 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, mlflow: Ml
     if use_gpu:
         per_worker["GPU"] = settings.gpus_per_worker
     callbacks = []
-    if _in_tune_session():
+    if tune_reports and _in_tune_session():
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())

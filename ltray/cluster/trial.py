@@ -3,24 +3,42 @@
 The trial function itself only coordinates (its Tune resource request is a little memory, no CPU): the training
 workers hold the trial's CPUs/GPUs while they train, and the evaluation runs afterwards as a Ray task with one
 worker's resources.
+
+A trial of method `mak` without `data.extra_data` first runs MAK's pipeline (specs/mak.md §1): the SimCLR feature
+extractor (Ray Train run `<trial>_extractor`), then `mak_sample` on its final checkpoint against the pool (the
+embedded pool is imported once per sweep into `<sweep>/mak_pool_<size>`), writing the selection to
+`<sweep>/mak/<trial>`; the trial then trains on LT ∪ selection as any other trial. Finished stages are reused on
+resume or retry.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ltray.cluster.grid import Trial
-from ltray.cluster.train_worker import MlflowTarget, TrainSettings, fit_training
+from ltray.cluster.train_worker import InProcessResult, MlflowTarget, TrainSettings, fit_training
 from ltray.config import Config, config_from_dict
 from ltray.errors import CheckpointError, LtrayError
 from ltray.tracking.runs import TAG_CONFIG_KEY, TAG_FINAL_KEYS, SweepTracking, standard_tags
+from ltray.train.checkpoint import checkpoint_name, latest_checkpoint
 
 FINAL_MARK = "final_evaluated"
 EVAL_REPORT = "eval_report.json"
 DRIVER_MEMORY_BYTES = 256 * 1024**2
+MAK_FOLDER = "mak"  # <sweep>/mak/<trial>: selections; the MLflow artifact folder of the MAK files
+MAK_CACHE = ".cache"  # <sweep>/mak/.cache: mak_sample's embedding, ECLE and distance cache
+# per scoring actor: fits beside a trial on a 2-core machine (docs/pools.md). An in-process trial
+# (`workers_per_trial: 0`) already holds its CPUs and waits idle while its actors score: they ask for a quarter
+# CPU, which the sweep keeps free (`in_process_concurrency`), so trials never all wait on CPUs held by the others
+MAK_SCORING_CPUS = 0.5
+IN_PROCESS_SCORING_CPUS = 0.25
 
 
 @dataclass(frozen=True)
@@ -75,7 +93,6 @@ def evaluate_trained(config: dict[str, Any], checkpoint: Any) -> dict[str, Any]:
     """Probe the backbone of a Ray Train checkpoint (runs as a Ray task): `ltray.evaluate.evaluate_backbone`."""
     from ltray.data.loading import load_run_data
     from ltray.evaluate import evaluate_backbone, model_from_checkpoint
-    from ltray.train.checkpoint import latest_checkpoint
     from ltray.train.loop import select_device
 
     cfg = config_from_dict(config)
@@ -102,6 +119,132 @@ def log_evaluation(tracking: SweepTracking, run_id: str, report: dict[str, Any])
     return figures
 
 
+def sweep_folder(settings: TrainSettings) -> Path:
+    """The sweep's folder: the parent of its Ray Train storage (`<storage>/<sweep>/train_runs`)."""
+    return Path(settings.storage_path).parent
+
+
+def mak_pool_folder(cfg: Config, sweep_dir: Path) -> Path:
+    """The pool folder of a MAK trial: `method.mak.pool` as given, or for `embedded` the sweep's
+    `mak_pool_<size>`, imported once. Trials may race: each imports into its own hidden folder and renames it into
+    place; a trial that finds the pool already there (another trial renamed first) keeps that one."""
+    from ltray.pools.store import import_pool, is_pool_folder
+
+    k = cfg.method.mak
+    if k.pool != "embedded":
+        return Path(k.pool)
+    target = sweep_dir / f"mak_pool_{k.pool_size}"
+    if is_pool_folder(target):
+        return target
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=sweep_dir, prefix=f".{target.name}."))
+    try:
+        staged = import_pool(f"embedded:{k.pool_size}", staging / "pool")
+        try:
+            os.rename(staged, target)
+        except OSError:
+            if not is_pool_folder(target):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def extractor_config(cfg: Config) -> Config:
+    """MAK's feature extractor (specs/mak.md §1 step 1): the trial's config as SimCLR, for
+    `method.mak.extractor_epochs` epochs (0: `optim.epochs`)."""
+    epochs = cfg.method.mak.extractor_epochs or cfg.optim.epochs
+    return cfg.replace({"method.name": "simclr", "optim.epochs": epochs})
+
+
+def finished_sibling_checkpoint(extractor: Config, siblings: Mapping[str, Mapping[str, Any]],
+                                settings: TrainSettings) -> Path | None:
+    """The final checkpoint of a sweep trial that already trained exactly the extractor's SimCLR run (same config
+    apart from its name and the unused `method.mak` section), when trials train in-process (their checkpoints are
+    plain files in the sweep's storage); None otherwise. Training is deterministic given the config, so that run
+    is the extractor this trial would train."""
+    if settings.workers != 0:
+        return None
+
+    def comparable(config: Config) -> dict[str, Any]:
+        flat = config.to_dict()
+        flat["run"] = {**flat["run"], "name": ""}
+        flat["method"] = {**flat["method"], "mak": None}
+        return flat
+
+    wanted = comparable(extractor)
+    for name, param in siblings.items():
+        candidate = config_from_dict(dict(param["config"]))
+        if comparable(candidate) != wanted:
+            continue
+        path = Path(settings.storage_path) / name / "checkpoints" / checkpoint_name(extractor.optim.epochs)
+        if path.is_file():
+            return path
+    return None
+
+
+def mak_selection(cfg: Config, trial: Trial, settings: TrainSettings,
+                  siblings: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """The trial's MAK selection folder `<sweep>/mak/<trial>`: reused when complete, else made by training the
+    extractor (resumed from its own checkpoints if it ran before) and running `mak_sample` on its final
+    checkpoint, with scoring actors of `MAK_SCORING_CPUS` CPUs (and a worker's GPU share) each."""
+    from ltray.pools.mak_job import MakParams, mak_sample
+    from ltray.pools.selection import MANIFEST_NAME, read_selection_manifest
+
+    sweep_dir = sweep_folder(settings)
+    out = sweep_dir / MAK_FOLDER / trial.name
+    if (out / MANIFEST_NAME).is_file():
+        read_selection_manifest(out)
+        return out
+    extractor = extractor_config(cfg)
+    sibling = finished_sibling_checkpoint(extractor, siblings or {}, settings)
+    if sibling is not None:
+        import ray.train
+
+        print(f"trial {trial.name}: MAK's feature extractor is the finished identical run {sibling.parent.parent.name}")
+        result: Any = InProcessResult(ray.train.Checkpoint.from_directory(str(sibling.parent)), {})
+    else:
+        result = fit_training(extractor, f"{trial.name}_extractor", settings, None, tune_reports=False)
+    if result.checkpoint is None:
+        raise LtrayError(f"trial {trial.name}: the MAK feature extractor ended without a checkpoint")
+    pool = mak_pool_folder(cfg, sweep_dir)
+    k = cfg.method.mak
+    params = MakParams(loss_weight=k.loss_weight, core_ratio=k.core_ratio, clusters=k.clusters,
+                       num_cpus_per_actor=MAK_SCORING_CPUS if settings.workers else IN_PROCESS_SCORING_CPUS,
+                       num_gpus_per_actor=min(settings.gpus_per_worker, 1.0))
+    with result.checkpoint.as_directory() as folder:
+        checkpoint = latest_checkpoint(Path(folder))
+        if checkpoint is None:
+            raise CheckpointError(f"the extractor's Ray checkpoint {result.checkpoint.path} holds no ltray checkpoint")
+        return mak_sample(extractor, checkpoint, pool, out, k.budget, k.passes, actors=max(1, settings.workers),
+                          params=params, cache_dir=sweep_dir / MAK_FOLDER / MAK_CACHE)
+
+
+def log_mak_selection(tracking: SweepTracking, run_id: str, selection: Path) -> None:
+    """The selection's manifest, table and histograms as artifacts under `mak/` of the trial's run (once), and
+    its summary figures as metrics (`mak_selected`, mean ECLE and distance of the pool and of the selection)."""
+    import numpy as np
+
+    from ltray.pools.mak_job import HISTOGRAMS, SCORES_FILE
+    from ltray.pools.selection import MANIFEST_NAME, TABLE_NAME, read_selection_manifest
+
+    client = tracking.client
+    client.set_tag(run_id, "ltray.mak_selection", str(selection))
+    if client.list_artifacts(run_id, MAK_FOLDER):
+        return
+    positions = np.asarray(read_selection_manifest(selection)["positions"], dtype=np.int64)
+    with np.load(selection / SCORES_FILE) as scores:
+        ecle, distance = scores["ecle"], scores["distance"]
+    metrics = {"mak_selected": float(positions.size), "mak_ecle_mean": float(ecle.mean()),
+               "mak_ecle_selected_mean": float(ecle[positions].mean()),
+               "mak_distance_mean": float(distance.mean()),
+               "mak_distance_selected_mean": float(distance[positions].mean())}
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    for name in (MANIFEST_NAME, TABLE_NAME, *HISTOGRAMS.values()):
+        client.log_artifact(run_id, str(selection / name), MAK_FOLDER)
+
+
 def run_trial(param: dict[str, Any], context: TrialContext) -> None:
     """The Tune function trainable of every sweep trial; `param["trial"]` is the trial's name. The evaluation
     task leaves the trial's placement group (which holds only the driver's memory) for the trial's resources.
@@ -111,6 +254,8 @@ def run_trial(param: dict[str, Any], context: TrialContext) -> None:
     import ray
     import ray.tune
 
+    from ltray.methods.registry import parse_method
+
     trial = context.trial(str(param["trial"]))
     cfg = config_from_dict(trial.config)
     tracking = SweepTracking(context.tracking_uri, context.experiment)
@@ -119,16 +264,25 @@ def run_trial(param: dict[str, Any], context: TrialContext) -> None:
         latest = tracking.client.get_run(run_id).data.metrics
         ray.tune.report({**latest, **final_figures(tracking, run_id), "epoch": cfg.optim.epochs, FINAL_MARK: 1.0})
         return
+    config = trial.config
+    if parse_method(cfg.method.name).has("mak") and not cfg.data.extra_data:
+        selection = mak_selection(cfg, trial, context.train, context.trials)
+        log_mak_selection(tracking, run_id, selection)
+        cfg = cfg.replace({"data.extra_data": str(selection)})
+        config = cfg.to_dict()
     target = MlflowTarget(context.tracking_uri, context.experiment, run_id)
     result = fit_training(cfg, trial.name, context.train, target)
     if result.checkpoint is None:
         raise LtrayError(f"trial {trial.name}: training ended without a checkpoint")
     settings = context.train
-    evaluate = ray.remote(evaluate_trained).options(
-        num_cpus=settings.cpus_per_worker, num_gpus=min(settings.gpus_per_worker, 1.0), max_retries=0,
-        scheduling_strategy="DEFAULT",
-    )
-    report = ray.get(evaluate.remote(trial.config, result.checkpoint))
+    if settings.workers == 0:  # the trial holds the resources and trained here: it evaluates here too
+        report = evaluate_trained(config, result.checkpoint)
+    else:
+        evaluate = ray.remote(evaluate_trained).options(
+            num_cpus=settings.cpus_per_worker, num_gpus=min(settings.gpus_per_worker, 1.0), max_retries=0,
+            scheduling_strategy="DEFAULT",
+        )
+        report = ray.get(evaluate.remote(config, result.checkpoint))
     figures = log_evaluation(tracking, run_id, report)
     tracking.finish(run_id, "FINISHED")
     last_epoch = {key: value for key, value in (result.metrics or {}).items() if isinstance(value, (int, float))}

@@ -330,6 +330,9 @@ def block_rows(size: int, batch_size: int, actors: int, blocks_per_actor: int = 
     return batch_size * min(max(1, batches), max_batches)
 
 
+WRITE_TASK_CPUS = 0.25  # fractional, like the pool's read tasks (ltray.pools.store.READ_TASK_CPUS)
+
+
 def run_scoring_job(
     dataset: ray.data.Dataset,
     source: ModelSource,
@@ -371,7 +374,7 @@ def run_scoring_job(
             num_gpus=num_gpus if num_gpus > 0 else None,
             udf_modifying_row_count=False,
         )
-        scored.write_parquet(str(staged / ROWS_FOLDER))
+        scored.write_parquet(str(staged / ROWS_FOLDER), ray_remote_args={"num_cpus": WRITE_TASK_CPUS})
         manifest = {"format": SCORES_FORMAT, "spec": asdict(spec), "columns": spec.columns, **(metadata or {})}
         (staged / SCORES_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         os.replace(staged, target)

@@ -461,6 +461,9 @@ def read_pool_items(path: str | Path) -> tuple[np.ndarray, list[str], list[str]]
     return np.concatenate(labels).astype(np.int64), paths, sources
 
 
+READ_TASK_CPUS = 0.25
+
+
 def open_pool_dataset(
     path: str | Path, columns: list[str] | None = None, verify: bool = True, rows_per_block: int | None = None
 ) -> ray.data.Dataset:
@@ -476,7 +479,10 @@ def open_pool_dataset(
     info = read_pool_info(path)
     if verify:
         verify_pool(info)
-    dataset = ray.data.read_parquet([str(p) for p in info.shard_paths], override_num_blocks=len(info.shards))
+    # fractional read tasks: on a small machine whose CPUs the training processes hold, whole-CPU readers would
+    # wait for them (a silent stall)
+    dataset = ray.data.read_parquet([str(p) for p in info.shard_paths], override_num_blocks=len(info.shards),
+                                    ray_remote_args={"num_cpus": READ_TASK_CPUS})
     dataset = dataset.select_columns(columns or ["pool_index", "image"])
     if rows_per_block is not None:
         if rows_per_block < 1:

@@ -131,7 +131,7 @@ def test_a_trial_larger_than_the_cluster_is_an_error():
     with pytest.raises(LtrayError, match="one trial needs 1 CPUs and 1 GPUs"):
         max_concurrent_trials({"CPU": 8.0}, TrialResources(gpus_per_worker=1), 4)
     with pytest.raises(ConfigError):
-        TrialResources(workers=0)
+        TrialResources(workers=-1)
 
 
 def test_sweep_yaml_with_relative_base_overrides_and_flags(tmp_path, monkeypatch):
@@ -181,3 +181,46 @@ def test_shipped_sweep_configs_expand(name):
     trials = expand_trials(spec)
     assert len({t.name for t in trials}) == len(trials) >= 2
     assert {t.config["data"]["split"] for t in trials} >= {1, 2}
+
+
+def test_extra_trials_run_on_every_split_and_form_their_own_configuration():
+    spec = _spec({"method.name": ["simclr", "sdclr"], "data.split": [1, 2, 3]})
+    spec.extra_trials = [{"data.subset": "D_b"}]
+    trials = expand_trials(spec)
+    extras = [t for t in trials if t.overrides.get("data.subset") == "D_b"]
+    assert [t.name for t in extras] == [f"simclr_subset=D_b_split={k}" for k in (1, 2, 3)]
+    assert len(trials) == 6 + 3
+    assert {t.config_key for t in extras} == {"simclr subset:D_b"}
+    assert all(t.build_config().data.subset == "D_b" for t in extras)
+    assert [t.build_config().data.split for t in extras] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({}, "non-empty mapping"),
+    ({"data.split": 2}, "set by the sweep's axes"),
+    ({"data.subsett": "D_b"}, "unknown config key"),
+    ({"method.temperature": [0.1, 0.2]}, "single value"),
+])
+def test_bad_extra_trials_are_rejected(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        SweepSpec(name="s", experiment="e", base=Config(), axes={"data.split": [1]}, extra_trials=[extra])
+
+
+def test_extra_trials_from_yaml(tmp_path):
+    (tmp_path / "sweep.yaml").write_text(
+        "name: s\naxes:\n  data.split: [1, 2]\nextra_trials:\n  - {data.subset: D_b, method.temperature: 0.5}\n"
+    )
+    spec = load_sweep_spec(tmp_path / "sweep.yaml")
+    trials = expand_trials(spec)
+    assert [t.name for t in trials][-2:] == ["simclr_subset=D_b_temperature=0.5_split=1",
+                                             "simclr_subset=D_b_temperature=0.5_split=2"]
+    (tmp_path / "bad.yaml").write_text("name: s\nextra_trials: {data.subset: D_b}\n")
+    with pytest.raises(ConfigError, match="must be a list"):
+        load_sweep_spec(tmp_path / "bad.yaml")
+
+
+def test_in_process_trials_leave_cpus_for_their_ray_tasks():
+    resources = TrialResources(workers=0, cpus_per_worker=0.5)
+    assert max_concurrent_trials({"CPU": 2.0}, resources, 50) == 3
+    assert max_concurrent_trials({"CPU": 1.0}, TrialResources(workers=0, cpus_per_worker=1.0), 5) == 1
+    assert max_concurrent_trials({"CPU": 2.0}, TrialResources(workers=1, cpus_per_worker=0.5), 50) == 4

@@ -9,6 +9,7 @@ import torch
 
 from ltray.config import load_config
 from ltray.errors import ConfigError
+from ltray.methods.base import Step
 from ltray.methods.method import build_method
 from ltray.methods.registry import COMPONENTS, MODIFIERS, ORDER, parse_method, register
 
@@ -85,7 +86,8 @@ def test_other_valid_combinations_are_not_reference_backed(name: str) -> None:
     ("name", "fragment"),
     [
         ("moco", "unknown method part 'moco'"),
-        ("mak", "unknown method part 'mak'"),  # MAK selects data offline (data.extra_data), not a loss part
+        ("mak+gh", "combines with no other part"),  # MAK is a pipeline around SimCLR, not a loss part
+        ("simclr+mak", "combines with no other part"),
         ("", "empty"),
         ("simclr+", "empty"),
         ("gh++bcl", "empty"),
@@ -102,7 +104,7 @@ def test_bad_names(name: str, fragment: str) -> None:
 
 
 def test_every_part_but_the_default_base_is_a_registered_component() -> None:
-    assert set(COMPONENTS) == {"focal", "sdclr", "lotar", "bcl", "gh", "colt"}
+    assert set(COMPONENTS) == {"focal", "sdclr", "lotar", "bcl", "gh", "colt", "mak"}
     assert all(COMPONENTS[name].name == name for name in COMPONENTS)
 
 
@@ -130,3 +132,17 @@ def test_build_method_runs_parts_in_registry_order() -> None:
     assert build_method(two_layer, 10, torch.device("cpu")).model_options() == {
         "head": "simclr", "dual_bn": False, "pruned_second": True,
     }
+
+
+def test_mak_is_a_standalone_method_that_trains_like_simclr() -> None:
+    spec = parse_method("MAK")
+    assert spec.canonical == "mak" and parse_method(spec.canonical) == spec
+    assert spec.parts == ("mak",) and spec.has("mak") and spec.reference_backed
+    assert spec.base_loss == "ntxent" and not spec.sdclr and spec.modifiers == frozenset()
+    method = build_method(load_config(None, {"method.name": "mak"}), 10, torch.device("cpu"))
+    assert method.name == "mak" and [p.name for p in method.parts] == ["mak"]
+    assert method.model_options() == {"head": "simclr", "dual_bn": False, "pruned_second": False}
+    z1, z2 = torch.randn(8, 16), torch.randn(8, 16)
+    step = Step(z1, z2, torch.arange(8), epoch=0, iteration=1)
+    simclr = build_method(load_config(), 10, torch.device("cpu"))
+    assert torch.equal(method.compute_loss(step).loss, simclr.compute_loss(step).loss)

@@ -1,3 +1,3 @@
 """Registered method components; importing this package registers them all."""
 
-from ltray.methods.components import bcl, colt, focal, gh, lotar, sdclr  # noqa: F401
+from ltray.methods.components import bcl, colt, focal, gh, lotar, mak, sdclr  # noqa: F401
