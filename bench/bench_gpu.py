@@ -49,10 +49,15 @@ SETTINGS = (
     Setting("cifar_r18_sdclr", "resnet18_cifar", 32, 512, "sdclr"),
     Setting("cifar_r18_bcl", "resnet18_cifar", 32, 512, "bcl"),
     Setting("cifar_r18_sdclr+gh", "resnet18_cifar", 32, 512, "sdclr+gh", "gh"),
+    Setting("cifar_r18_gh", "resnet18_cifar", 32, 512, "gh", "gh"),
+    Setting("cifar_r18_focal", "resnet18_cifar", 32, 512, "focal"),
+    Setting("cifar_r18_lotar", "resnet18_cifar", 32, 512, "lotar"),
     Setting("cifar_r18_colt", "resnet18_cifar", 32, 512, "colt"),
     Setting("cifar_r50_simclr", "resnet50_cifar", 32, 512, "simclr"),
     Setting("imagenet_r50_simclr", "resnet50", 224, 256, "simclr", "lotar"),
     Setting("imagenet_r50_sdclr", "resnet50", 224, 256, "sdclr", "lotar"),
+    Setting("imagenet_r50_gh", "resnet50", 224, 256, "gh", "lotar"),
+    Setting("imagenet_r50_colt", "resnet50", 224, 256, "colt", "lotar"),
 )
 
 

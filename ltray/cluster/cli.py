@@ -54,7 +54,9 @@ def build_parser(prog: str, description: str, default_config: Path) -> argparse.
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted sweep (the newest of that name, or --name): finished trials "
                              "are not run again, the others continue from their last checkpoint")
-    parser.add_argument("--workers-per-trial", type=int, help="Ray Train workers (DDP processes) per trial; 0 trains in the Tune trial's own process (no Ray Train worker group: less start-up on small CPU trials)")
+    parser.add_argument("--workers-per-trial", type=int,
+                        help="Ray Train workers (DDP processes) per trial; 0 trains in the Tune trial's own process (no "
+                             "Ray Train worker group: less start-up on small CPU trials)")
     parser.add_argument("--cpus-per-worker", type=float, help="CPUs each training worker holds")
     parser.add_argument("--gpus-per-worker", type=float, help="GPUs each training worker holds (0: CPU training)")
     parser.add_argument("--max-failures", type=int, help="worker failures a trial survives (resuming from its "

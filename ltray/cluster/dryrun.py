@@ -207,10 +207,14 @@ def lookup_speed(table: Sequence[Throughput], cfg: Config, device: str, workers:
     else:
         from ltray.methods.registry import parse_method
 
-        canonical = parse_method(cfg.method.name).canonical
-        same_method = [e for e in found if e.method and parse_method(e.method).canonical == canonical]
-        generic = [e for e in found if e.method in (None, "simclr")]
-        entry = (same_method or generic or found)[0]
+        wanted = set(parse_method(cfg.method.name).parts)
+
+        def closeness(entry: Throughput) -> tuple[int, int]:
+            # the same method first, then the entry sharing most parts (sdclr+lotar → sdclr), then fewest others
+            parts = set(parse_method(entry.method or "simclr").parts)
+            return (parts == wanted, len(parts & wanted) - len(parts - wanted))
+
+        entry = max(found, key=closeness)
         speed = float(entry.images_per_s or 0.0)
         note = f"{entry.images_per_s:g} img/s per worker ({entry.method or 'simclr'})"
     return speed * workers, f"{what}: {note} ({entry.source})"

@@ -437,8 +437,9 @@ IN_PROCESS_RESERVED_CPUS = 0.5
 
 def max_concurrent_trials(cluster: Mapping[str, float], resources: TrialResources, num_trials: int) -> int:
     """How many trials fit side by side in the cluster's CPUs and GPUs (each trial holds its workers' resources;
-    its Tune driver holds none). In-process trials leave `IN_PROCESS_RESERVED_CPUS` free for the Ray tasks and
-    actors they start (MAK's scoring job) when more than one trial fits. ConfigError when not even one fits."""
+    its Tune driver holds none). Several in-process trials leave `IN_PROCESS_RESERVED_CPUS` free for the sweep's
+    driver, Ray's own processes and the MLflow logging, which the trials' CPUs otherwise crowd out on a small
+    machine. ConfigError when not even one fits."""
     fits: list[int] = []
     eps = 1e-9
     cpus, gpus = float(cluster.get("CPU", 0.0)), float(cluster.get("GPU", 0.0))

@@ -35,10 +35,9 @@ DRIVER_MEMORY_BYTES = 256 * 1024**2
 MAK_FOLDER = "mak"  # <sweep>/mak/<trial>: selections; the MLflow artifact folder of the MAK files
 MAK_CACHE = ".cache"  # <sweep>/mak/.cache: mak_sample's embedding, ECLE and distance cache
 # per scoring actor: fits beside a trial on a 2-core machine (docs/pools.md). An in-process trial
-# (`workers_per_trial: 0`) already holds its CPUs and waits idle while its actors score: they ask for a quarter
-# CPU, which the sweep keeps free (`in_process_concurrency`), so trials never all wait on CPUs held by the others
+# (`workers_per_trial: 0`) scores in its own process instead (`mak_sample(in_process=True)`): a Ray Data job there
+# would wait for CPUs that the running trials hold
 MAK_SCORING_CPUS = 0.5
-IN_PROCESS_SCORING_CPUS = 0.25
 
 
 @dataclass(frozen=True)
@@ -210,14 +209,14 @@ def mak_selection(cfg: Config, trial: Trial, settings: TrainSettings,
     pool = mak_pool_folder(cfg, sweep_dir)
     k = cfg.method.mak
     params = MakParams(loss_weight=k.loss_weight, core_ratio=k.core_ratio, clusters=k.clusters,
-                       num_cpus_per_actor=MAK_SCORING_CPUS if settings.workers else IN_PROCESS_SCORING_CPUS,
+                       num_cpus_per_actor=MAK_SCORING_CPUS,
                        num_gpus_per_actor=min(settings.gpus_per_worker, 1.0))
     with result.checkpoint.as_directory() as folder:
         checkpoint = latest_checkpoint(Path(folder))
         if checkpoint is None:
             raise CheckpointError(f"the extractor's Ray checkpoint {result.checkpoint.path} holds no ltray checkpoint")
         return mak_sample(extractor, checkpoint, pool, out, k.budget, k.passes, actors=max(1, settings.workers),
-                          params=params, cache_dir=sweep_dir / MAK_FOLDER / MAK_CACHE)
+                          params=params, cache_dir=sweep_dir / MAK_FOLDER / MAK_CACHE, in_process=settings.workers == 0)
 
 
 def log_mak_selection(tracking: SweepTracking, run_id: str, selection: Path) -> None:

@@ -31,7 +31,17 @@ import torch
 
 from ltray.config import Config
 from ltray.errors import ConfigError, DataError
-from ltray.pools.scoring import CheckpointModel, PoolScores, ScoringSpec, ray_session, read_scores, score_arrays, score_pool
+from ltray.pools.scoring import (
+    CheckpointModel,
+    PoolScores,
+    ScoringSpec,
+    embed_pool,
+    load_scoring_model,
+    ray_session,
+    read_scores,
+    score_arrays,
+    score_pool,
+)
 from ltray.pools.selection import (
     LIST_NAME,
     MANIFEST_NAME,
@@ -41,7 +51,7 @@ from ltray.pools.selection import (
     selection_table,
     write_selection_folder,
 )
-from ltray.pools.store import file_sha256, read_pool_info, read_pool_items, verify_pool
+from ltray.pools.store import file_sha256, read_pool_arrays, read_pool_info, read_pool_items, verify_pool
 from ltray.select.kmeans import backend_name
 from ltray.select.mak import ecle, mak_run_name, mak_scores, mak_select, proximity
 
@@ -210,12 +220,15 @@ def mak_sample(
     *,
     params: MakParams = MakParams(),
     cache_dir: str | Path | None = None,
+    in_process: bool = False,
 ) -> Path:
     """Select `budget` candidates of a pool folder with MAK and write the selection folder `out` (returned).
 
     `cfg` names the ID data (data set, split, subset: pass (b) embeds `load_run_data(cfg).train.id_images`), the
     augmentation preset and seed (`data.aug_preset`, `run.seed`) and the device for ECLE (`run.device`);
     `checkpoint` is the SimCLR feature extractor; `passes` is R; `actors` the Ray Data scoring actors.
+    `in_process` runs the inference passes as a plain loop in this process instead of a Ray Data job (a sweep trial
+    that trains in its own process and already holds its CPUs: a Ray job would wait for more).
     """
     from ltray.data.loading import load_run_data
     from ltray.evaluate import model_from_checkpoint
@@ -251,19 +264,27 @@ def mak_sample(
     pool_key = cache_key({"checkpoint": checkpoint_sha, "pool": info.content_sha256, "spec": asdict(pool_spec)})
     id_key = cache_key({"checkpoint": checkpoint_sha, "images": images_sha256(id_images), "spec": asdict(id_spec)})
 
-    with ray_session():
-        _say(f"pass (a)+(c): pool {info.path} ({info.size} items), R = {passes}")
-        pool_scores = _cached_scores(
-            cache / "scores" / pool_key,
-            lambda: score_pool(info.path, source, pool_spec, cache / "scores" / pool_key, **job),
-            info.size, passes,
-        )
-        _say(f"pass (b): ID training set ({len(id_images)} images)")
-        id_scores = _cached_scores(
-            cache / "scores" / id_key,
-            lambda: score_arrays(id_images, source, id_spec, cache / "scores" / id_key, **job),
-            len(id_images), 0,
-        )
+    if in_process:
+        # the same computation as the Ray Data job, row for row (`embed_pool`), in this process
+        model = load_scoring_model(source, select_device(cfg.run.device))
+        _say(f"pass (a)+(c) in this process: pool {info.path} ({info.size} items), R = {passes}")
+        pool_scores = embed_pool(model, read_pool_arrays(info.path, verify=False).images, pool_spec)
+        _say(f"pass (b) in this process: ID training set ({len(id_images)} images)")
+        id_scores = embed_pool(model, id_images, id_spec)
+    else:
+        with ray_session():
+            _say(f"pass (a)+(c): pool {info.path} ({info.size} items), R = {passes}")
+            pool_scores = _cached_scores(
+                cache / "scores" / pool_key,
+                lambda: score_pool(info.path, source, pool_spec, cache / "scores" / pool_key, **job),
+                info.size, passes,
+            )
+            _say(f"pass (b): ID training set ({len(id_images)} images)")
+            id_scores = _cached_scores(
+                cache / "scores" / id_key,
+                lambda: score_arrays(id_images, source, id_spec, cache / "scores" / id_key, **job),
+                len(id_images), 0,
+            )
     assert pool_scores.features is not None and id_scores.features is not None
 
     device = select_device(cfg.run.device)

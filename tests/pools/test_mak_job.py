@@ -99,6 +99,10 @@ def test_mak_sample_end_to_end(workspace: dict[str, object], ray_local: None) ->
     assert (out / "selection.json").read_bytes() == before
     again = mak_sample(cfg, checkpoint, pool, root / "again", BUDGET, passes=PASSES, params=PARAMS, cache_dir=cache)
     assert json.loads((again / "selection.json").read_text())["positions"] == expected.tolist()
+    # the inference passes as a plain loop in this process (a sweep trial that trains in-process): same picks
+    local = mak_sample(cfg, checkpoint, pool, root / "local", BUDGET, passes=PASSES, params=PARAMS,
+                       cache_dir=root / "local-cache", in_process=True)
+    assert json.loads((local / "selection.json").read_text())["positions"] == expected.tolist()
 
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("ltray-mak").experiment_id])
