@@ -113,4 +113,5 @@ def test_sweep_interrupted_resumed_and_recorded(ray_head, mlflow_server, tmp_pat
     capsys.readouterr()
     assert ltray_main(["report", "--sweep", sweep_name, "--mlflow-uri", uri]) == 0
     table = capsys.readouterr().out
-    assert "| simclr | 2 |" in table and "full_all" in table
+    assert "| simclr | 2 |" in table and "## full-shot linear probe" in table
+    assert table.strip() == (storage / sweep_name / "summary.md").read_text().strip()  # what the sweep printed
