@@ -345,11 +345,15 @@ def describe(
     if known:
         trial_hours = sum(cost.hours or 0.0 for cost in known)
         gpu_hours = trial_hours * r.gpus
-        makespan = schedule_hours([cost.hours or 0.0 for cost in known], concurrent or 1)
+        slots = concurrent or 1
+        if device == CPU_DEVICE:  # a trial computes on whole cores: fractional-CPU trials share them
+            threads = max(1, round(r.cpus_per_worker)) * max(1, r.workers)
+            slots = max(1, min(slots, int(float(resources.get("CPU", slots)) // threads)))
+        makespan = schedule_hours([cost.hours or 0.0 for cost in known], slots)
         partial = "" if len(known) == len(costs) else f" (for the {len(known)} of {len(costs)} trials with a measurement)"
         lines.append(f"estimated pre-training time: {_hours_text(trial_hours)} in total over trials"
                      + (f", {gpu_hours:.1f} GPU-hours" if r.gpus else f", {trial_hours * r.cpus:.1f} CPU-hours")
-                     + f"; wall about {_hours_text(makespan)} with {concurrent or 1} trial(s) at once{partial}")
+                     + f"; wall about {_hours_text(makespan)} with {slots} trial(s) computing at once{partial}")
     for speed_note in sorted({cost.speed_note for cost in costs}):
         lines.append(f"throughput: {speed_note}")
     for size_note in sorted({cost.size_source for cost in costs}):
