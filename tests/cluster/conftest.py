@@ -1,11 +1,12 @@
 """Shared real services for the cluster tests: one Ray head (`ray start --head --block` on 127.0.0.1, every port
-chosen free, its own temp dir) and one `mlflow server`, each started on first use and stopped at the end of the
-session. The head is stopped through the `ray start --block` process this file started (SIGTERM makes it stop the
+chosen free, its own temp dir, token authentication with its own token file) and one `mlflow server`, each started
+on first use and stopped at the end of the session. The head is stopped through the `ray start --block` process this file started (SIGTERM makes it stop the
 processes of its cluster), then its process group is killed; no other Ray instance on the machine is touched."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -34,18 +35,24 @@ class RayHead:
     temp_dir: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    token_path: Path
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def env(self) -> dict[str, str]:
         """Environment of a process that should join this head with `--address auto`."""
-        env = dict(os.environ)
+        env = dict(os.environ, **auth_env(self.token_path))
         env["RAY_ADDRESS"] = self.address
-        env["RAY_AUTH_MODE"] = "token"
         env.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         return env
+
+
+def auth_env(token_path: Path) -> dict[str, str]:
+    """Token authentication with the head's own token file (`ray start --head` enables token mode only when a
+    token exists: without these variables a fresh machine gets an unauthenticated head)."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
 
 
 def _stop_head(process: subprocess.Popen[bytes]) -> None:
@@ -62,14 +69,15 @@ def _stop_head(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=30)
 
 
-def _wait_for_head(address: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 120.0) -> None:
+def _wait_for_head(address: str, process: subprocess.Popen[bytes], log_path: Path, token_path: Path,
+                   timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"ray start exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
         probe = subprocess.run(
             [RAY, "status", "--address", address], capture_output=True, text=True, timeout=60, check=False,
-            env=dict(os.environ, RAY_AUTH_MODE="token"),
+            env=dict(os.environ, **auth_env(token_path)),
         )
         if probe.returncode == 0 and "CPU" in probe.stdout:
             return
@@ -82,6 +90,8 @@ def ray_head() -> Iterator[RayHead]:
     temp_dir = Path(tempfile.mkdtemp(prefix="ltray-ray-", dir="/tmp"))
     port, dashboard = free_port(), free_port()
     log_path = temp_dir / "head.log"
+    token_path = temp_dir / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
     command = [
         RAY, "start", "--head", "--block", f"--node-ip-address={LOCALHOST}", f"--port={port}", "--num-cpus=2",
         "--num-gpus=0", "--disable-usage-stats", f"--temp-dir={temp_dir}", "--include-dashboard=true",
@@ -92,16 +102,32 @@ def ray_head() -> Iterator[RayHead]:
         f"--object-manager-port={free_port()}", "--object-store-memory=200000000",
     ]
     address = f"{LOCALHOST}:{port}"
-    env = dict(os.environ, RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.25", RAY_ADDRESS=address)
+    env = dict(os.environ, RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.25", RAY_ADDRESS=address, **auth_env(token_path))
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, env=env)
     try:
-        _wait_for_head(address, process, log_path)
-        yield RayHead(address, f"http://{LOCALHOST}:{dashboard}", temp_dir, process, log_path)
+        _wait_for_head(address, process, log_path, token_path)
+        yield RayHead(address, f"http://{LOCALHOST}:{dashboard}", temp_dir, process, log_path, token_path)
     finally:
         _stop_head(process)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def connected(ray_head: RayHead, monkeypatch: pytest.MonkeyPatch) -> Iterator[RayHead]:
+    """This process joined to the test head (Ray reads the token settings once, hence the reset)."""
+    import ray
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    for key, value in auth_env(ray_head.token_path).items():
+        monkeypatch.setenv(key, value)
+    reset_auth_token_state()
+    ray.init(address=ray_head.address)
+    try:
+        yield ray_head
+    finally:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

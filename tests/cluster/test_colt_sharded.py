@@ -101,21 +101,6 @@ def _colt_config(tmp_path: Path, pool_path: Path, name: str):
     })
 
 
-@pytest.fixture
-def connected(ray_head, monkeypatch):
-    """This process joined to the test head (Ray reads the token mode at import, hence the reset)."""
-    import ray
-    from ray._private.authentication_test_utils import reset_auth_token_state
-
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    reset_auth_token_state()
-    ray.init(address=ray_head.address)
-    try:
-        yield ray_head
-    finally:
-        ray.shutdown()
-
-
 @pytest.mark.slow
 def test_two_ray_workers_embedding_their_shards_pick_what_one_process_picks(connected, tmp_path: Path) -> None:
     from ltray.cluster.train_worker import TrainSettings, fit_training

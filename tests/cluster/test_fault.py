@@ -29,21 +29,6 @@ def _worker_pids() -> list[int]:
     return sorted(int(actor.pid) for actor in actors if actor.pid)
 
 
-@pytest.fixture
-def connected(ray_head, monkeypatch):
-    """This process joined to the test head (Ray reads the token mode at import, hence the reset)."""
-    import ray
-    from ray._private.authentication_test_utils import reset_auth_token_state
-
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    reset_auth_token_state()
-    ray.init(address=ray_head.address)
-    try:
-        yield ray_head
-    finally:
-        ray.shutdown()
-
-
 @pytest.mark.slow
 def test_killed_worker_resumes_same_run_every_epoch_once(connected, mlflow_server, tmp_path, experiment_name):
     cfg = load_config(
