@@ -93,8 +93,10 @@ def iterations_per_epoch(num_items: int, local_batch: int) -> int:
     return math.ceil(per_rank / local_batch)
 
 
-def total_iterations(cfg: Config, method: Method, num_id: int, local_batch: int) -> int:
-    """T for the per-iteration schedule; COLT's length accounts for the OOD phase (specs/colt.md §7)."""
+def total_iterations(cfg: Config, method: Method, num_id: int, local_batch: int, num_items: int | None = None) -> int:
+    """T for the per-iteration schedule: E·⌈N/B⌉ over the whole training set of `num_items` (default `num_id`;
+    MAK's retraining adds its fixed selection, data_and_eval.md §7), except that COLT's length accounts for its
+    OOD phase (specs/colt.md §7)."""
     id_len = iterations_per_epoch(num_id, local_batch)
     if method.spec.has("colt"):
         from ltray.select.colt import colt_lr_total
@@ -104,7 +106,7 @@ def total_iterations(cfg: Config, method: Method, num_id: int, local_batch: int)
             c.warmup, cfg.optim.epochs, id_len, c.budget, local_batch, exact=c.lr_total == "exact", n_id=num_id,
             world_size=dist_utils.world_size(),
         )
-    return cfg.optim.epochs * id_len
+    return cfg.optim.epochs * iterations_per_epoch(num_id if num_items is None else num_items, local_batch)
 
 
 def _wrap_distributed(model: ContrastiveModel, cfg: Config, device: torch.device) -> nn.Module:
@@ -166,8 +168,10 @@ class Pretrainer:
         self.amp_dtype = autocast_dtype(cfg.run.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.local_batch = local_batch_size(cfg)
-        self.total_iters = total_iterations(cfg, self.method, self.train_data.num_id, self.local_batch)
-        self.warmup_iters = o.warmup_epochs * iterations_per_epoch(self.train_data.num_id, self.local_batch)
+        # the training set as it starts: D_i plus a fixed extra selection (MAK); COLT's pool joins later
+        start_size = len(self.train_data)
+        self.total_iters = total_iterations(cfg, self.method, self.train_data.num_id, self.local_batch, start_size)
+        self.warmup_iters = o.warmup_epochs * iterations_per_epoch(start_size, self.local_batch)
         # array data: batched views made here; list data: per-item views made by loader workers
         hook = self.method.view_hook()
         self.list_views = ListViewLoader.for_run(cfg, self.data, hook, self.device) if self.data.is_list else None

@@ -117,3 +117,21 @@ def test_pretraining_loader_appends_the_selection(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data.images(np.array([n_id + 4, 0])), np.stack([images[4], plain.id_images[0]]))
     np.testing.assert_array_equal(data.labels(np.array([n_id + 19])), [-1])
     assert bool(data.is_ood(torch.tensor([n_id + 8]))[0])
+
+
+def test_the_lr_schedule_spans_the_selection_too(tmp_path: Path) -> None:
+    """data_and_eval.md §7: W = 10·I and T = E·I with I = ⌈N/B⌉ over the whole pre-training set, so a MAK run on
+    D_i plus its selection reaches the final lr on its last update, not before."""
+    from ltray.train.loop import Pretrainer
+
+    pool = _pool(tmp_path, count=150)
+    folder = _selection(tmp_path, pool, list(range(150)))
+    overrides = {"data.dataset": "digits-lt", "data.extra_data": str(folder), "optim.batch_size": 64,
+                 "optim.epochs": 3, "optim.warmup_epochs": 1, "run.device": "cpu",
+                 "run.output_dir": str(tmp_path / "runs")}
+    trainer = Pretrainer(load_config(None, overrides))
+    n = len(trainer.train_data)
+    assert n == trainer.train_data.num_id + 150
+    per_epoch = -(-n // 64)
+    assert per_epoch > -(-trainer.train_data.num_id // 64)  # the selection adds iterations
+    assert (trainer.warmup_iters, trainer.total_iters) == (per_epoch, 3 * per_epoch)
