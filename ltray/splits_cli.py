@@ -26,8 +26,10 @@ def _dataset_defaults(dataset: str, labels: str | None) -> tuple[np.ndarray, int
         spec = known[dataset]
         return (read_label_array(labels, spec.num_classes), spec.num_classes, spec.n_max, spec.val_per_class,
                 spec.train_full_per_class)
-    values = read_label_array(labels, int(np.load(labels, allow_pickle=False).max()) + 1)
-    return values, int(values.max()) + 1, 0, 0, None
+    values = read_label_array(labels, None)
+    if values.size == 0:
+        raise DataError(f"{labels}: no labels")
+    return values, int(values.max()) + 1, 0, -1, None
 
 
 def make_splits(
@@ -52,6 +54,9 @@ def make_splits(
     val = val_per_class if val_per_class is not None else default_val
     if n_max < 1:
         raise ConfigError(f"--n-max is required for {dataset} and must be >= 1")
+    if val_per_class is None and default_val < 0:
+        raise ConfigError(f"--val-per-class is required for {dataset}: a new data set holds out that many images "
+                          "per class for validation first (0 for none)")
     if val < 0:
         raise ConfigError(f"--val-per-class must be >= 0, got {val}")
     written = []

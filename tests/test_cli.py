@@ -131,3 +131,27 @@ def test_console_script_exit_code() -> None:
     )
     assert result.returncode == EXIT_USER_ERROR
     assert result.stderr.strip() == "ltray: error: method.temperature must be > 0, got -1.0"
+
+
+def test_splits_make_for_a_new_data_set_checks_its_labels_and_asks_for_the_hold_out(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "new"
+    base = ["splits", "make", "--dataset", "mine", "--out", str(out), "--n-max", "100", "--splits", "1"]
+    code, _, err = run_cli(capsys, *base, "--labels", str(tmp_path / "missing.npy"))
+    assert_one_line_error(code, err, "label file not found")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    code, _, err = run_cli(capsys, *base, "--labels", str(tmp_path / "empty.npy"))
+    assert_one_line_error(code, err, "not a readable .npy array")
+    np.save(tmp_path / "none.npy", np.zeros(0, dtype=np.int64))
+    code, _, err = run_cli(capsys, *base, "--labels", str(tmp_path / "none.npy"))
+    assert_one_line_error(code, err, "no labels")
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.repeat(np.arange(3, dtype=np.int64), 130))
+    code, _, err = run_cli(capsys, *base, "--labels", str(labels))
+    assert_one_line_error(code, err, "--val-per-class is required for mine")
+    assert not out.exists()
+    code, printed, _ = run_cli(capsys, *base, "--labels", str(labels), "--val-per-class", "5")
+    assert code == 0 and "mine_split1.json" in printed
+    code, printed, _ = run_cli(capsys, "splits", "show", str(out), "--dataset", "mine", "--split", "1")
+    assert code == 0 and "val:" in printed and "counts [5, 5, 5]" in printed

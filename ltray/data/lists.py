@@ -117,14 +117,15 @@ def read_index_list(path: str | Path) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
-def read_label_array(path: str | Path, num_classes: int, length: int | None = None) -> np.ndarray:
-    """A 1-D int64 `.npy` label vector (e.g. `cifar_labels/`), checked against the class range and `length`."""
+def read_label_array(path: str | Path, num_classes: int | None, length: int | None = None) -> np.ndarray:
+    """A 1-D int64 `.npy` label vector (e.g. `cifar_labels/`), checked against the class range (when
+    `num_classes` is given) and `length`."""
     if not Path(path).is_file():
         raise DataError(f"label file not found: {path}")
     labels = read_index_list(path)
     if length is not None and labels.size != length:
         raise DataError(f"{path}: {labels.size} labels, expected {length}")
-    if labels.size and labels.max() >= num_classes:
+    if num_classes is not None and labels.size and labels.max() >= num_classes:
         raise DataError(f"{path}: label {int(labels.max())} is outside 0..{num_classes - 1}")
     return labels
 
