@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ltray.errors import LtrayError
+from ltray.errors import ConfigError, LtrayError
 
 EXIT_USER_ERROR = 2
 
@@ -95,8 +95,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_pool_import(args: argparse.Namespace) -> int:
     from ltray.pools.store import import_pool
 
+    roots = {}
+    for item in args.source_root or []:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise ConfigError(f"--source-root expects NAME=PATH (e.g. places=/data/places365), got {item!r}")
+        roots[name] = folder
     path = import_pool(args.source, args.out, kind=args.kind, root=args.root, size=args.size,
-                       shard_rows=args.shard_rows, overwrite=args.overwrite)
+                       shard_rows=args.shard_rows, overwrite=args.overwrite, source_roots=roots)
     print(path)
     return 0
 
@@ -176,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     pimp.add_argument("source", help="a uint8 N x H x W x 3 .npy, a list file, or 'embedded'")
     pimp.add_argument("--kind", choices=["npy", "list", "embedded"], help="source kind (default: from the name)")
     pimp.add_argument("--root", help="image root for a list file")
+    pimp.add_argument("--source-root", action="append", metavar="NAME=PATH",
+                      help="image root of the list lines whose third field is NAME (e.g. places=/data/places365, "
+                           "for MAK's ImageNet+Places mix); repeatable")
     pimp.add_argument("--size", type=int, help="resize list images to SIZE x SIZE")
     pimp.add_argument("--out", required=True, help="output pool folder (never overwritten unless --overwrite)")
     pimp.add_argument("--shard-rows", type=int, default=4096)

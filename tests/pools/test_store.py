@@ -282,3 +282,20 @@ def test_cli_pool_import_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "size: 9" in capsys.readouterr().out
     assert cli_main(["pool", "import", str(tmp_path / "pool.npy"), "--out", str(tmp_path / "pool")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_pool_import_command_takes_named_source_roots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """MAK's ImageNet+Places mix: list lines with a third field read their image under that source's root."""
+    from ltray.cli import EXIT_USER_ERROR, main
+
+    _write_png(tmp_path / "imagenet" / "n1" / "a.png", np.full((4, 4, 3), 10, dtype=np.uint8))
+    _write_png(tmp_path / "places" / "p1" / "b.png", np.full((4, 4, 3), 200, dtype=np.uint8))
+    (tmp_path / "mix.txt").write_text("n1/a.png 0\np1/b.png 1 places\n")
+    base = ["pool", "import", str(tmp_path / "mix.txt"), "--root", str(tmp_path / "imagenet"), "--size", "4"]
+    assert main([*base, "--out", str(tmp_path / "bad"), "--source-root", "places"]) == EXIT_USER_ERROR
+    assert "--source-root expects NAME=PATH" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert main([*base, "--out", str(tmp_path / "pool"), "--source-root", f"places={tmp_path / 'places'}"]) == 0
+    pool = read_pool_arrays(tmp_path / "pool")
+    np.testing.assert_array_equal(pool.images[:, 0, 0, 0], [10, 200])
+    assert read_pool_items(tmp_path / "pool")[2] == ["", "places"]
