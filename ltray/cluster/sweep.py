@@ -252,7 +252,7 @@ def _start_message(spec: SweepSpec, trials: list[Trial], concurrent: int) -> str
 
 def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> SweepOutcome:
     """Run (or resume) a sweep end to end and return its outcome; user errors raise LtrayError before training."""
-    from ltray.tracking.runs import SweepTracking
+    from ltray.tracking.runs import TAG_GIT_COMMIT, SweepTracking
     from ltray.tracking.store import check_tracking_reachable, resolve_tracking_uri
 
     trials = expand_trials(spec)
@@ -281,7 +281,8 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
         concurrent = options.max_concurrent or max_concurrent_trials(
             runtime.cluster_resources(), spec.resources, len(trials)
         )
-        parent_run_id = tracking.start_parent(spec.name, spec.parameters(), _parent_tags(trials))
+        parent_tags = _parent_tags(trials)
+        parent_run_id = tracking.start_parent(spec.name, spec.parameters(), parent_tags)
         echo(_start_message(spec, trials, concurrent))
         for line in watch_lines(connection.dashboard_url, tracking_uri, tracking.experiment_id):
             echo(line)
@@ -292,7 +293,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
             max_failures=spec.max_failures, knn_every=1 if spec.asha is not None else 0,
         )
         context = TrialContext(tracking_uri, spec.experiment, parent_run_id, settings,
-                               {trial.name: trial.to_param() for trial in trials})
+                               {trial.name: trial.to_param() for trial in trials}, parent_tags[TAG_GIT_COMMIT])
         trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(spec))
         if options.resume:
             echo(f"resuming {sweep_dir}: finished trials are kept, the others continue from their checkpoints")

@@ -49,6 +49,7 @@ class TrialContext:
     parent_run_id: str
     train: TrainSettings
     trials: dict[str, dict[str, Any]]
+    git_commit: str | None = None  # the driver's (trial processes may run from a copy without `.git`)
 
     def trial(self, name: str) -> Trial:
         if name not in self.trials:
@@ -56,25 +57,26 @@ class TrialContext:
         return Trial.from_param(self.trials[name])
 
 
-def trial_tags(cfg: Config, trial: Trial) -> dict[str, str]:
+def trial_tags(cfg: Config, trial: Trial, commit: str | None = None) -> dict[str, str]:
     """The MLflow tags of a trial's run (method, split, dataset, git commit, reference-backed, configuration)."""
     from ltray.methods.registry import parse_method
 
     tags = standard_tags(
         method=cfg.method.name, split=str(cfg.data.split), dataset=cfg.data.dataset,
-        reference_backed=parse_method(cfg.method.name).reference_backed,
+        reference_backed=parse_method(cfg.method.name).reference_backed, commit=commit,
     )
     tags[TAG_CONFIG_KEY] = trial.config_key
     tags["ltray.seed"] = str(cfg.run.seed)
     return tags
 
 
-def open_trial_run(tracking: SweepTracking, parent_run_id: str, trial: Trial, cfg: Config) -> tuple[str, bool]:
+def open_trial_run(tracking: SweepTracking, parent_run_id: str, trial: Trial, cfg: Config,
+                   commit: str | None = None) -> tuple[str, bool]:
     """The trial's child run: the existing one under this parent (a resumed or retried trial continues it), else a
     new one. Returns (run id, whether it already FINISHED with its final figures)."""
     run_id = tracking.find_child(parent_run_id, trial.name)
     if run_id is None:
-        return tracking.start_child(parent_run_id, trial.name, cfg.to_dict(), trial_tags(cfg, trial)), False
+        return tracking.start_child(parent_run_id, trial.name, cfg.to_dict(), trial_tags(cfg, trial, commit)), False
     run = tracking.client.get_run(run_id)
     if run.info.status == "FINISHED" and json.loads(run.data.tags.get(TAG_FINAL_KEYS, "[]")):
         return run_id, True
@@ -258,7 +260,7 @@ def run_trial(param: dict[str, Any], context: TrialContext) -> None:
     trial = context.trial(str(param["trial"]))
     cfg = config_from_dict(trial.config)
     tracking = SweepTracking(context.tracking_uri, context.experiment)
-    run_id, finished = open_trial_run(tracking, context.parent_run_id, trial, cfg)
+    run_id, finished = open_trial_run(tracking, context.parent_run_id, trial, cfg, context.git_commit)
     if finished:
         latest = tracking.client.get_run(run_id).data.metrics
         ray.tune.report({**latest, **final_figures(tracking, run_id), "epoch": cfg.optim.epochs, FINAL_MARK: 1.0})

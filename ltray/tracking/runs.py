@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import os
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
@@ -37,6 +38,7 @@ TAG_SPLIT = "ltray.split"
 TAG_DATASET = "ltray.dataset"
 TAG_REFERENCE_BACKED = "ltray.reference_backed"
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
+GIT_COMMIT_ENV = "LTRAY_GIT_COMMIT"
 TAG_PARENT = "mlflow.parentRunId"
 ROLE_PARENT = "parent"
 ROLE_CHILD = "child"
@@ -63,7 +65,11 @@ def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def git_commit(repo_dir: Path | None = None) -> str:
-    """`git rev-parse HEAD` of `repo_dir` (default: the ltray source tree), or "unknown"."""
+    """`$LTRAY_GIT_COMMIT` when set (an installed copy without `.git`, e.g. the cluster image built with
+    `--build-arg LTRAY_GIT_COMMIT=$(git rev-parse HEAD)`), else `git rev-parse HEAD` of `repo_dir` (default: the
+    ltray source tree), or "unknown"."""
+    if os.environ.get(GIT_COMMIT_ENV):
+        return os.environ[GIT_COMMIT_ENV]
     directory = Path(repo_dir) if repo_dir is not None else Path(__file__).resolve().parents[2]
     try:
         result = subprocess.run(
@@ -76,14 +82,16 @@ def git_commit(repo_dir: Path | None = None) -> str:
 
 
 def standard_tags(
-    method: str, split: str, dataset: str, reference_backed: bool, repo_dir: Path | None = None
+    method: str, split: str, dataset: str, reference_backed: bool, repo_dir: Path | None = None,
+    commit: str | None = None,
 ) -> dict[str, str]:
-    """The tags every ltray run carries: method, split, dataset, git commit and whether a reference backs the mix."""
+    """The tags every ltray run carries: method, split, dataset, git commit (`commit`, else `git_commit(repo_dir)`)
+    and whether a reference backs the mix."""
     return {
         TAG_METHOD: method,
         TAG_SPLIT: split,
         TAG_DATASET: dataset,
-        TAG_GIT_COMMIT: git_commit(repo_dir),
+        TAG_GIT_COMMIT: commit or git_commit(repo_dir),
         TAG_REFERENCE_BACKED: "true" if reference_backed else "false",
     }
 

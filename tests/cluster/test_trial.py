@@ -46,6 +46,8 @@ def test_tags_name_method_split_configuration_and_backing():
     assert tags[TAG_CONFIG_KEY] == "colt+gh temperature:0.3"
     assert _trial("colt").config_key == "colt temperature:0.3"
     assert trial_tags(_trial("colt").build_config(), _trial("colt"))[TAG_REFERENCE_BACKED] == "true"
+    # the driver's commit wins: trial processes may run from a copy of the code without .git
+    assert trial_tags(trial.build_config(), trial, "f00d")["mlflow.source.git.commit"] == "f00d"
 
 
 @pytest.mark.slow

@@ -191,11 +191,14 @@ def test_ray_image_matches_installed_ray_and_python(compose: dict[str, Any]) -> 
     for name in RAY_SERVICES:
         service = _services(compose)[name]
         assert service["image"] == f"ltray-ray:{ray.__version__}"
-        assert service["build"] == {"context": "..", "dockerfile": "docker/Dockerfile.gpu"}
+        assert service["build"] == {"context": "..", "dockerfile": "docker/Dockerfile.gpu",
+                                    "args": {"LTRAY_GIT_COMMIT": "${LTRAY_GIT_COMMIT:-}"}}
 
 
 def test_image_pins_match_the_tested_versions(compose: dict[str, Any]) -> None:
     gpu_args = _arg_defaults(DOCKER_DIR / "Dockerfile.gpu")
+    assert gpu_args["LTRAY_GIT_COMMIT"] == ""  # empty: git_commit() falls back to `git rev-parse`
+    assert "ENV LTRAY_GIT_COMMIT=${LTRAY_GIT_COMMIT}" in (DOCKER_DIR / "Dockerfile.gpu").read_text()
     assert gpu_args["TORCH_VERSION"] == version("torch").split("+")[0]
     assert gpu_args["TORCHVISION_VERSION"] == version("torchvision").split("+")[0]
     pyproject = REPO_ROOT / "pyproject.toml"

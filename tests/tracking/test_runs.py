@@ -60,7 +60,8 @@ def test_flatten_report_numbers_only() -> None:
         flatten_report({"ok": True})
 
 
-def test_git_commit_of_a_repository_and_of_a_plain_directory(tmp_path: Path) -> None:
+def test_git_commit_of_a_repository_and_of_a_plain_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LTRAY_GIT_COMMIT", raising=False)
     assert git_commit(tmp_path) == "unknown"
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -70,6 +71,8 @@ def test_git_commit_of_a_repository_and_of_a_plain_directory(tmp_path: Path) -> 
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
     assert git_commit(repo) == head.stdout.strip()
     assert len(git_commit(repo)) == 40
+    monkeypatch.setenv("LTRAY_GIT_COMMIT", "abc123")  # an installed copy without .git (the cluster image)
+    assert git_commit(tmp_path) == git_commit(repo) == "abc123"
 
 
 def test_standard_tags(tmp_path: Path) -> None:
