@@ -104,6 +104,16 @@ def images_sha256(images: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def list_sha256(source: Any) -> str:
+    """sha256 over an image list's roots and items (paths, labels, sources): the identity of list ID data."""
+    digest = hashlib.sha256()
+    for part in (str(source.root), json.dumps({k: str(v) for k, v in sorted(source.source_roots.items())}),
+                 json.dumps(list(source.items.paths)), json.dumps(source.labels.tolist()),
+                 json.dumps(list(source.items.sources or ()))):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()
+
+
 def _say(message: str) -> None:
     print(f"ltray mak: {message}", file=sys.stderr, flush=True)
 
@@ -250,11 +260,16 @@ def mak_sample(
     verify_pool(info)
     if budget > info.size:
         raise ConfigError(f"the MAK budget {budget} exceeds the pool size {info.size}")
-    id_images = load_run_data(cfg).train.id_images
-    if tuple(id_images.shape[1:]) != info.image_shape:
+    run_data = load_run_data(cfg)
+    id_images = run_data.train.id_images
+    if run_data.is_list:
+        id_shape = (run_data.image_size, run_data.image_size, 3)
+        id_identity = list_sha256(id_images)
+    else:
+        id_shape, id_identity = tuple(id_images.shape[1:]), images_sha256(id_images)
+    if id_shape != info.image_shape:
         raise DataError(
-            f"pool images are {info.image_shape}, the ID images {tuple(id_images.shape[1:])}; "
-            "import the pool with a matching --size"
+            f"pool images are {info.image_shape}, the ID images {id_shape}; import the pool with a matching --size"
         )
     cache = Path(cache_dir) if cache_dir is not None else mak_cache_dir()
     source = CheckpointModel(str(checkpoint_path), cfg.to_dict())
@@ -262,15 +277,28 @@ def mak_sample(
     pool_spec = ScoringSpec(True, passes, cfg.run.seed, cfg.data.aug_preset, params.scoring_batch)
     id_spec = ScoringSpec(True, 0, cfg.run.seed, cfg.data.aug_preset, params.scoring_batch)
     pool_key = cache_key({"checkpoint": checkpoint_sha, "pool": info.content_sha256, "spec": asdict(pool_spec)})
-    id_key = cache_key({"checkpoint": checkpoint_sha, "images": images_sha256(id_images), "spec": asdict(id_spec)})
+    id_key = cache_key({"checkpoint": checkpoint_sha, "images": id_identity, "spec": asdict(id_spec)})
+
+    def list_id_pass() -> PoolScores:
+        """Pass (b) on an image list: backbone features with the inference transform through loader workers."""
+        from ltray.data.list_data import source_features
+
+        model = load_scoring_model(source, select_device(cfg.run.device))
+        _say(f"pass (b) in this process: ID training list ({len(id_images)} images)")
+        features = source_features(model.backbone, id_images, image_size=run_data.image_size,
+                                   workers=cfg.data.loader_workers)
+        return PoolScores(index=np.arange(len(id_images), dtype=np.int64), features=features.numpy())
 
     if in_process:
         # the same computation as the Ray Data job, row for row (`embed_pool`), in this process
         model = load_scoring_model(source, select_device(cfg.run.device))
         _say(f"pass (a)+(c) in this process: pool {info.path} ({info.size} items), R = {passes}")
         pool_scores = embed_pool(model, read_pool_arrays(info.path, verify=False).images, pool_spec)
-        _say(f"pass (b) in this process: ID training set ({len(id_images)} images)")
-        id_scores = embed_pool(model, id_images, id_spec)
+        if run_data.is_list:
+            id_scores = list_id_pass()
+        else:
+            _say(f"pass (b) in this process: ID training set ({len(id_images)} images)")
+            id_scores = embed_pool(model, id_images, id_spec)
     else:
         with ray_session():
             _say(f"pass (a)+(c): pool {info.path} ({info.size} items), R = {passes}")
@@ -279,12 +307,16 @@ def mak_sample(
                 lambda: score_pool(info.path, source, pool_spec, cache / "scores" / pool_key, **job),
                 info.size, passes,
             )
-            _say(f"pass (b): ID training set ({len(id_images)} images)")
-            id_scores = _cached_scores(
-                cache / "scores" / id_key,
-                lambda: score_arrays(id_images, source, id_spec, cache / "scores" / id_key, **job),
-                len(id_images), 0,
-            )
+        if run_data.is_list:
+            id_scores = list_id_pass()
+        else:
+            with ray_session():
+                _say(f"pass (b): ID training set ({len(id_images)} images)")
+                id_scores = _cached_scores(
+                    cache / "scores" / id_key,
+                    lambda: score_arrays(id_images, source, id_spec, cache / "scores" / id_key, **job),
+                    len(id_images), 0,
+                )
     assert pool_scores.features is not None and id_scores.features is not None
 
     device = select_device(cfg.run.device)

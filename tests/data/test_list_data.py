@@ -4,6 +4,7 @@ request, pre-training and evaluation end to end on a tiny ImageNet-style folder.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -380,3 +381,30 @@ def test_mak_extra_data_on_lists_is_a_list_all_active(tmp_path: Path, image_fold
     selection.mkdir()
     with pytest.raises(DataError, match="holds no selected_list.txt"):
         load_run_data(list_config(tmp_path, image_folder, data__extra_data=str(selection)))
+
+
+@pytest.mark.slow
+def test_mak_sample_on_an_image_list_selects_from_a_list_pool(tmp_path: Path, image_folder: dict[str, str]) -> None:
+    """MAK's paper setting (ImageNet-100-LT with an ImageNet-900 style list pool), in miniature: pass (b) embeds
+    the ID list with the inference transform, the pool is a list imported at the ID image size, and the selection
+    (with its list file) feeds a retraining run through `data.extra_data`."""
+    from ltray.data.list_data import LIST_IMAGE_SIZE
+    from ltray.pools.mak_job import MakParams, mak_sample
+    from ltray.pools.selection import MANIFEST_NAME
+    from ltray.pools.store import import_pool
+
+    cfg = list_config(tmp_path, image_folder, optim__epochs=1)
+    checkpoint = pretrain(cfg).checkpoint
+    pool = import_pool(image_folder["data.test_list"], tmp_path / "pool", root=image_folder["data.root"],
+                       size=LIST_IMAGE_SIZE)
+    out = mak_sample(cfg, checkpoint, pool, tmp_path / "selection", budget=3, passes=2, in_process=True,
+                     params=MakParams(clusters=2), cache_dir=tmp_path / "cache")
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["num_id"] == sum(LT_COUNTS) and len(manifest["positions"]) == 3
+    assert len(set(manifest["positions"])) == 3 and all(0 <= p < 6 for p in manifest["positions"])
+    retrain = load_run_data(list_config(tmp_path, image_folder, data__extra_data=str(out)))
+    assert len(retrain.train) == sum(LT_COUNTS) + 3
+    small = import_pool(image_folder["data.test_list"], tmp_path / "small", root=image_folder["data.root"], size=32)
+    with pytest.raises(DataError, match="matching --size"):
+        mak_sample(cfg, checkpoint, small, tmp_path / "other", budget=3, passes=2, in_process=True)
+    assert not (tmp_path / "other").exists()
