@@ -9,6 +9,7 @@ resamples its pool (colt.md §1–§6).
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -528,6 +529,10 @@ def test_colt_resample_epochs_rebuild_the_active_pool() -> None:
     assert data.active_pool.tolist() == list(expected.picks)
     assert len(data) == 17 and data.members().tolist() == list(range(12)) + [12 + p for p in expected.picks]
     assert "colt_picks_epoch0002.json" in artifacts and colt.metrics()["colt_resamples"] == 1.0
+    logged = json.loads(artifacts["colt_picks_epoch0002.json"])  # the selection's seed and backend are recorded
+    assert logged["picks"] == list(expected.picks) and logged["kmeans_backend"] == expected.backend
+    assert logged["kmeans_seed"] == 0 and logged["clusters"] == 2
+    assert logged["cluster_scores"] == np.asarray(expected.cluster_scores).tolist()
     method.on_epoch_start(_ctx(2, data=data))  # E = 3: not a resample epoch
     assert data.active_pool.tolist() == list(expected.picks)
     colt.tailness.update(torch.arange(12), torch.linspace(1.2, 0.1, 12), 3, 0.0)  # reversed scores

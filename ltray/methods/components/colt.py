@@ -51,8 +51,10 @@ class COLT(Component):
             picks = torch.from_numpy(np.asarray(selection.picks, dtype=np.int64)).to(ctx.device)
             ctx.log_artifact(
                 f"colt_picks_epoch{ctx.epoch + 1:04d}.json",
-                json.dumps({"epoch": ctx.epoch + 1, "budgets": np.asarray(selection.budgets).tolist(),
-                            "picks": picks.cpu().tolist()}),
+                json.dumps({"epoch": ctx.epoch + 1, "kmeans_backend": selection.backend,
+                            "kmeans_seed": c.kmeans_seed, "clusters": c.clusters,
+                            "cluster_scores": np.asarray(selection.cluster_scores).tolist(),
+                            "budgets": np.asarray(selection.budgets).tolist(), "picks": picks.cpu().tolist()}),
             )
         if dist_utils.is_distributed():
             torch.distributed.broadcast(picks, src=0)
