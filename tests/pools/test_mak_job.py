@@ -133,3 +133,19 @@ def test_mak_sample_rejects_bad_requests_before_any_work(
                      "--pool", str(pool), "--out", str(tmp_path / "taken"), "--budget", "5"])
     assert code == 2 and "never overwritten" in capsys.readouterr().err
     assert (tmp_path / "taken" / "x").read_text() == "mine"
+
+
+def test_mak_sample_flags_are_checked_before_any_work(
+    workspace: dict[str, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint, pool = workspace["checkpoint"], workspace["pool"]
+    base = ["mak", "sample", "--set", "data.dataset=digits-lt", "--checkpoint", str(checkpoint), "--pool", str(pool),
+            "--out", str(tmp_path / "out"), "--budget", "5"]
+    for extra, message in ((["--loss-weight", "2"], "w must lie in [0, 1]"),
+                           (["--clusters", "0"], "must be >= 1"),
+                           (["--no-mlflow", "--mlflow-uri", "sqlite:///x.db"], "exclude each other"),
+                           (["--mlflow-uri", str(tmp_path / "mlruns")], "file store")):
+        assert cli_main([*base, *extra]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (extra, lines)
+    assert not (tmp_path / "out").exists()
