@@ -9,6 +9,7 @@ import io
 import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -189,9 +190,12 @@ class ImageListSource:
     def __len__(self) -> int:
         return len(self.items)
 
-    @property
+    @cached_property
     def labels(self) -> np.ndarray:
-        return np.asarray(self.items.labels, dtype=np.int64)
+        """The int64 labels, read-only (computed once: the training step looks them up every batch)."""
+        labels = np.array(self.items.labels, dtype=np.int64)
+        labels.setflags(write=False)
+        return labels
 
     @property
     def num_classes(self) -> int:

@@ -20,7 +20,8 @@ class Step:
     """One optimiser step's global batch, as every rank sees it after the all-gather.
 
     z1, z2: [B, d] projector outputs (the local slice keeps its gradient); index: [B] dataset indices;
-    epoch: 0-based; iteration: 1-based global optimiser step.
+    epoch: 0-based; iteration: 1-based global optimiser step; label: [B] class ids, −1 for pool items (the
+    batch record's label, README convention 1: for diagnostics only, never an input of a self-supervised loss).
     """
 
     z1: torch.Tensor
@@ -28,6 +29,7 @@ class Step:
     index: torch.Tensor
     epoch: int
     iteration: int
+    label: torch.Tensor | None = None
 
 
 @dataclass

@@ -309,7 +309,9 @@ class Pretrainer:
             z1_local, z2_local = self.ddp_model(v1, v2, pruned_second=self.pruned_second)
         z1 = dist_utils.gather_with_grad(z1_local.float())
         z2 = dist_utils.gather_with_grad(z2_local.float())
-        step = Step(z1=z1, z2=z2, index=dist_utils.gather(index_t), epoch=self.epoch, iteration=self.iteration)
+        label_t = torch.from_numpy(self.train_data.labels(index)).to(self.device)
+        step = Step(z1=z1, z2=z2, index=dist_utils.gather(index_t), epoch=self.epoch, iteration=self.iteration,
+                    label=dist_utils.gather(label_t))
         result = self.method.compute_loss(step)
         if not torch.isfinite(result.loss):
             raise TrainingDiverged(
@@ -407,4 +409,9 @@ def pretrain(cfg: Config, *, resume: bool = False, reporter: EpochReporter | Non
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     if dist_utils.rank() == 0:
         (cfg.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    return trainer.run()
+    monitor = None
+    if cfg.eval.knn_every > 0:
+        from ltray.eval.knn import knn_monitor
+
+        monitor = knn_monitor(trainer.data, cfg.eval.knn_every, cfg.eval.knn_k, cfg.data.loader_workers)
+    return trainer.run(monitor)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -218,3 +219,19 @@ def test_rng_state_round_trip_through_a_checkpoint(tmp_path: Path) -> None:
     expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+def test_every_step_carries_index_views_and_label(config: Callable[..., Config], run_data: Callable[..., RunData]) -> None:
+    """README convention 1: items travel as (index, views, label); pool items have label −1."""
+    from ltray.train.loop import Pretrainer
+
+    data = run_data(n=16, pool=6)
+    data.train.set_active_pool(np.array([4, 1]))
+    trainer = Pretrainer(config(), data=data)
+    seen = []
+    trainer.method.observe = lambda step, result: seen.append(step)  # type: ignore[method-assign]
+    trainer.train_step(np.array([3, 16 + 4, 0, 16 + 1, 15]))
+    (step,) = seen
+    assert step.index.tolist() == [3, 20, 0, 17, 15]
+    assert step.label.tolist() == [int(data.train.id_labels[3]), -1, int(data.train.id_labels[0]), -1,
+                                   int(data.train.id_labels[15])]

@@ -1,4 +1,4 @@
-"""The Ray Train worker's kNN epoch monitor on an image-list data set: features come through the lists' inference
+"""The kNN epoch monitor on an image-list data set: features come through the lists' inference
 pipeline; without a `train_full` list the monitor warns and reports nothing."""
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from ltray.cluster.train_worker import knn_monitor
 from ltray.data.list_data import source_features
 from ltray.data.loading import load_run_data
-from ltray.eval.knn import knn_accuracy
+from ltray.eval.knn import knn_accuracy, knn_monitor
 from ltray.models.contrastive import build_model
 from tests.data.test_list_data import image_folder, list_config  # noqa: F401  (image_folder is a fixture)
 

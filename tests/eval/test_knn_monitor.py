@@ -1,4 +1,4 @@
-"""The pieces of a Ray Train worker that run without Ray: the kNN epoch monitor."""
+"""The kNN epoch monitor (`ltray.eval.knn.knn_monitor`), used by `ltray pretrain` and the Ray Train workers."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ltray.cluster.train_worker import knn_monitor
 from ltray.config import load_config
 from ltray.data.loading import load_run_data
+from ltray.eval.knn import knn_monitor
 from ltray.models.contrastive import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,3 +47,17 @@ def test_knn_monitor_scores_test_against_the_balanced_bank_every_k_epochs():
     balanced = np.mean([100.0 * np.mean(predicted[labels == c] == c) for c in np.unique(labels)])
     assert abs(figures["knn_top1"] - top1) < 0.5
     assert abs(figures["knn_balanced"] - balanced) < 0.5
+
+
+def test_pretrain_reports_the_knn_monitor_every_knn_every_epochs(tmp_path: Path) -> None:
+    import json
+
+    from ltray.train.loop import pretrain
+
+    cfg = load_config(ROOT / "experiments" / "configs" / "digits_tiny.yaml", {
+        "optim.epochs": 2, "optim.batch_size": 64, "eval.knn_every": 2, "run.checkpoint_every": 2,
+        "run.output_dir": str(tmp_path / "runs"), "run.progress": "off"})
+    result = pretrain(cfg)
+    assert "knn_top1" not in result.history[0] and 0 <= result.history[1]["knn_balanced"] <= 100
+    logged = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert logged[1]["knn_top1"] == result.history[1]["knn_top1"]
