@@ -19,6 +19,7 @@ from ltray.errors import CheckpointError, LtrayError
 from ltray.eval.features import extract_features
 from ltray.eval.metrics import format_summary_table, group_classes, summarize_runs
 from ltray.eval.probe import (
+    ADAM_PRESETS,
     CIFAR_FEW,
     CIFAR_FULL,
     IN100_FEW,
@@ -102,15 +103,15 @@ def _array_probes(
     _feature_probes(cfg, data.num_classes, (train_features, full_y), (test_features, test_y), groups, device,
                     figures, per_class)
     if e.protocol == "bcl_adam":
-        figures.update(_fixed_shot_figures(data, train_features, full_y, test_features, test_y, _adam_epochs(cfg),
-                                           seed, groups, device))
+        figures.update(_fixed_shot_figures(data, train_features, full_y, test_features, test_y,
+                                           _adam_epochs(cfg, "bcl_adam"), seed, groups, device))
     return figures, per_class
 
 
-def _adam_epochs(cfg: Config) -> int | None:
-    """The Adam probes' epoch count under `eval.probe_epochs_scale` (None: the preset's own)."""
+def _adam_epochs(cfg: Config, preset: str) -> int | None:
+    """The epoch count of Adam preset `preset` under `eval.probe_epochs_scale` (None: the preset's own)."""
     scale = cfg.eval.probe_epochs_scale
-    return max(1, math.ceil(500 * scale)) if scale < 1 else None
+    return max(1, math.ceil(ADAM_PRESETS[preset].epochs * scale)) if scale < 1 else None
 
 
 def _feature_probes(
@@ -128,13 +129,14 @@ def _feature_probes(
     e = cfg.eval
     preset = "bcl_adam" if e.protocol == "sdclr_sgd" else e.protocol
     if e.protocol != "sdclr_sgd" and e.full_shot:
-        result = adam_probe(*train, *test, num_classes, preset=preset, epochs=_adam_epochs(cfg), seed=cfg.run.seed,
+        result = adam_probe(*train, *test, num_classes, preset=preset, epochs=_adam_epochs(cfg, preset),
+                            seed=cfg.run.seed,
                             groups=groups, device=device)
         figures.update(_flat("full", result.report))
         per_class["full"] = result.per_class_acc.tolist()
     kshot = kshot_probe(
         *train, *test, num_classes, k=e.kshot, draws=e.kshot_draws, seed=cfg.run.seed, preset=preset,
-        epochs=_adam_epochs(cfg), groups=groups, device=device,
+        epochs=_adam_epochs(cfg, preset), groups=groups, device=device,
     )
     figures.update(_flat(f"shot{e.kshot}", kshot.mean_report))
     per_class[f"shot{e.kshot}"] = np.mean([r.per_class_acc for r in kshot.results], axis=0).tolist()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -43,6 +44,8 @@ from ltray.train.checkpoint import (
 )
 from ltray.losses.gh import gh_two_stage_lr
 from ltray.train.optim import build_optimizer, iteration_lr, set_lr
+
+METRICS_FILE = "metrics.jsonl"  # one JSON line of metrics per epoch, in the run folder
 
 
 class EpochReporter(Protocol):
@@ -226,7 +229,14 @@ class Pretrainer:
         self.history = list(state.get("history", []))
 
     def resume_from(self, path: Path) -> None:
+        """Continue from checkpoint `path`; `metrics.jsonl` is rewritten from its history, dropping the lines of
+        epochs trained after that checkpoint, which run again."""
         self.load_state(load_checkpoint(path, map_location=self.device), path)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            staging = self.run_dir / f".{METRICS_FILE}.tmp"
+            staging.write_text("".join(json.dumps(metrics) + "\n" for metrics in self.history))
+            os.replace(staging, self.run_dir / METRICS_FILE)
 
     def save(self) -> Path:
         path = self.ckpt_dir / checkpoint_name(self.epoch)
@@ -380,7 +390,7 @@ class Pretrainer:
 
     def _write_metrics(self, metrics: dict[str, float]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
+        with open(self.run_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(metrics) + "\n")
 
 

@@ -222,3 +222,13 @@ def test_kshot_probe_averages_draws() -> None:
     assert result.mean_report["all"] == pytest.approx(mean_all)
     assert result.summary["std"]["all"] == pytest.approx(np.std([run.report["all"] for run in result.results]))
     assert math.isfinite(result.mean_report["class_std"])
+
+
+def test_scaled_adam_probes_scale_their_own_preset() -> None:
+    """`eval.probe_epochs_scale` shortens each Adam preset from its own length: lotar_adam's 90, bcl_adam's 500."""
+    from ltray.config import load_config
+    from ltray.evaluate import _adam_epochs
+
+    half = load_config(None, {"eval.probe_epochs_scale": 0.5})
+    assert _adam_epochs(half, "lotar_adam") == 45 and _adam_epochs(half, "bcl_adam") == 250
+    assert _adam_epochs(load_config(None, {}), "lotar_adam") is None  # unscaled: the preset's own

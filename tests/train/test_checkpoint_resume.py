@@ -235,3 +235,22 @@ def test_every_step_carries_index_views_and_label(config: Callable[..., Config],
     assert step.index.tolist() == [3, 20, 0, 17, 15]
     assert step.label.tolist() == [int(data.train.id_labels[3]), -1, int(data.train.id_labels[0]), -1,
                                    int(data.train.id_labels[15])]
+
+
+def test_resumed_metrics_file_holds_every_epoch_once(
+    config: Callable[..., Config], run_data: Callable[..., RunData]
+) -> None:
+    """Killed after epoch 3 with the last checkpoint at epoch 2: epoch 3 runs again, and `metrics.jsonl` keeps
+    one line per epoch, those of the resumed run."""
+    import json
+
+    cfg = config(optim__epochs=4, run__checkpoint_every=2, run__name="killed")
+    with pytest.raises(Interrupted):
+        pretrain(cfg, reporter=_stop_after(3), data=run_data(n=16))
+    lines = (cfg.run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1.0, 2.0, 3.0]
+    resumed = pretrain(cfg, resume=True, data=run_data(n=16))
+    logged = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in logged] == [1.0, 2.0, 3.0, 4.0]
+    assert logged == resumed.history
+    assert not list(cfg.run_dir.glob(".*.tmp"))
