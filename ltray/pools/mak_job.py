@@ -279,11 +279,10 @@ def mak_sample(
     pool_key = cache_key({"checkpoint": checkpoint_sha, "pool": info.content_sha256, "spec": asdict(pool_spec)})
     id_key = cache_key({"checkpoint": checkpoint_sha, "images": id_identity, "spec": asdict(id_spec)})
 
-    def list_id_pass() -> PoolScores:
+    def list_id_pass(model: Any) -> PoolScores:
         """Pass (b) on an image list: backbone features with the inference transform through loader workers."""
         from ltray.data.list_data import source_features
 
-        model = load_scoring_model(source, select_device(cfg.run.device))
         _say(f"pass (b) in this process: ID training list ({len(id_images)} images)")
         features = source_features(model.backbone, id_images, image_size=run_data.image_size,
                                    workers=cfg.data.loader_workers)
@@ -295,7 +294,7 @@ def mak_sample(
         _say(f"pass (a)+(c) in this process: pool {info.path} ({info.size} items), R = {passes}")
         pool_scores = embed_pool(model, read_pool_arrays(info.path, verify=False).images, pool_spec)
         if run_data.is_list:
-            id_scores = list_id_pass()
+            id_scores = list_id_pass(model)
         else:
             _say(f"pass (b) in this process: ID training set ({len(id_images)} images)")
             id_scores = embed_pool(model, id_images, id_spec)
@@ -308,7 +307,7 @@ def mak_sample(
                 info.size, passes,
             )
         if run_data.is_list:
-            id_scores = list_id_pass()
+            id_scores = list_id_pass(load_scoring_model(source, select_device(cfg.run.device)))
         else:
             with ray_session():
                 _say(f"pass (b): ID training set ({len(id_images)} images)")
