@@ -115,19 +115,28 @@ def ray_head() -> Iterator[RayHead]:
 
 
 @pytest.fixture
-def connected(ray_head: RayHead, monkeypatch: pytest.MonkeyPatch) -> Iterator[RayHead]:
-    """This process joined to the test head (Ray reads the token settings once, hence the reset)."""
+def connected(ray_head: RayHead) -> Iterator[RayHead]:
+    """This process joined to the test head. Ray caches the token it reads (the head's own file here), so the
+    cache is reset on the way in and again on the way out, after the environment is restored: a local Ray
+    started later in this process must use the machine's token, not the head's."""
     import ray
     from ray._private.authentication_test_utils import reset_auth_token_state
 
-    for key, value in auth_env(ray_head.token_path).items():
-        monkeypatch.setenv(key, value)
+    settings = auth_env(ray_head.token_path)
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
     reset_auth_token_state()
-    ray.init(address=ray_head.address)
     try:
+        ray.init(address=ray_head.address)
         yield ray_head
     finally:
         ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        reset_auth_token_state()
 
 
 @pytest.fixture(scope="session")
