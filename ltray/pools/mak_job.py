@@ -279,25 +279,12 @@ def mak_sample(
     pool_key = cache_key({"checkpoint": checkpoint_sha, "pool": info.content_sha256, "spec": asdict(pool_spec)})
     id_key = cache_key({"checkpoint": checkpoint_sha, "images": id_identity, "spec": asdict(id_spec)})
 
-    def list_id_pass(model: Any) -> PoolScores:
-        """Pass (b) on an image list: backbone features with the inference transform through loader workers."""
-        from ltray.data.list_data import source_features
-
-        _say(f"pass (b) in this process: ID training list ({len(id_images)} images)")
-        features = source_features(model.backbone, id_images, image_size=run_data.image_size,
-                                   workers=cfg.data.loader_workers)
-        return PoolScores(index=np.arange(len(id_images), dtype=np.int64), features=features.numpy())
-
+    # pass (b) on an image list runs here through the list loader (inference transform), whatever the mode
+    model = load_scoring_model(source, select_device(cfg.run.device)) if in_process or run_data.is_list else None
     if in_process:
         # the same computation as the Ray Data job, row for row (`embed_pool`), in this process
-        model = load_scoring_model(source, select_device(cfg.run.device))
         _say(f"pass (a)+(c) in this process: pool {info.path} ({info.size} items), R = {passes}")
         pool_scores = embed_pool(model, read_pool_arrays(info.path, verify=False).images, pool_spec)
-        if run_data.is_list:
-            id_scores = list_id_pass(model)
-        else:
-            _say(f"pass (b) in this process: ID training set ({len(id_images)} images)")
-            id_scores = embed_pool(model, id_images, id_spec)
     else:
         with ray_session():
             _say(f"pass (a)+(c): pool {info.path} ({info.size} items), R = {passes}")
@@ -306,16 +293,23 @@ def mak_sample(
                 lambda: score_pool(info.path, source, pool_spec, cache / "scores" / pool_key, **job),
                 info.size, passes,
             )
-        if run_data.is_list:
-            id_scores = list_id_pass(load_scoring_model(source, select_device(cfg.run.device)))
-        else:
-            with ray_session():
+            if not run_data.is_list:
                 _say(f"pass (b): ID training set ({len(id_images)} images)")
                 id_scores = _cached_scores(
                     cache / "scores" / id_key,
                     lambda: score_arrays(id_images, source, id_spec, cache / "scores" / id_key, **job),
                     len(id_images), 0,
                 )
+    if run_data.is_list:
+        from ltray.data.list_data import source_features
+
+        _say(f"pass (b) in this process: ID training list ({len(id_images)} images)")
+        features = source_features(model.backbone, id_images, image_size=run_data.image_size,
+                                   workers=cfg.data.loader_workers)
+        id_scores = PoolScores(index=np.arange(len(id_images), dtype=np.int64), features=features.numpy())
+    elif in_process:
+        _say(f"pass (b) in this process: ID training set ({len(id_images)} images)")
+        id_scores = embed_pool(model, id_images, id_spec)
     assert pool_scores.features is not None and id_scores.features is not None
 
     device = select_device(cfg.run.device)
