@@ -319,9 +319,9 @@ class Pretrainer:
             z1_local, z2_local = self.ddp_model(v1, v2, pruned_second=self.pruned_second)
         z1 = dist_utils.gather_with_grad(z1_local.float())
         z2 = dist_utils.gather_with_grad(z2_local.float())
-        label_t = torch.from_numpy(self.train_data.labels(index)).to(self.device)
-        step = Step(z1=z1, z2=z2, index=dist_utils.gather(index_t), epoch=self.epoch, iteration=self.iteration,
-                    label=dist_utils.gather(label_t))
+        step_index = dist_utils.gather(index_t)
+        step_label = torch.from_numpy(self.train_data.labels(step_index.cpu().numpy())).to(self.device)
+        step = Step(z1=z1, z2=z2, index=step_index, epoch=self.epoch, iteration=self.iteration, label=step_label)
         result = self.method.compute_loss(step)
         if not torch.isfinite(result.loss):
             raise TrainingDiverged(
