@@ -12,8 +12,9 @@ from ltray.data.splits import generate_split, read_manifest, manifest_path, writ
 from ltray.errors import ConfigError, DataError
 
 
-def _dataset_defaults(dataset: str, labels: str | None) -> tuple[np.ndarray, int, int, int, int | None]:
-    """(train labels, classes, n_max, validation per class, full-shot per class) of a known data set."""
+def _dataset_defaults(dataset: str, labels: str | None) -> tuple[np.ndarray, int, int, int | None, int | None]:
+    """(train labels, classes, n_max, validation per class, full-shot per class) of a data set; a new data set has
+    no n_max (0) and no validation default (None)."""
     if dataset in ("scenes-lt", "digits-lt"):
         from ltray.data.embedded import load_embedded
 
@@ -29,7 +30,7 @@ def _dataset_defaults(dataset: str, labels: str | None) -> tuple[np.ndarray, int
     values = read_label_array(labels, None)
     if values.size == 0:
         raise DataError(f"{labels}: no labels")
-    return values, int(values.max()) + 1, 0, -1, None
+    return values, int(values.max()) + 1, 0, None, None
 
 
 def make_splits(
@@ -54,7 +55,7 @@ def make_splits(
     val = val_per_class if val_per_class is not None else default_val
     if n_max < 1:
         raise ConfigError(f"--n-max is required for {dataset} and must be >= 1")
-    if val_per_class is None and default_val < 0:
+    if val is None:
         raise ConfigError(f"--val-per-class is required for {dataset}: a new data set holds out that many images "
                           "per class for validation first (0 for none)")
     if val < 0:
