@@ -1,7 +1,7 @@
 """A whole ltray training epoch against the bare model step, on the same model and the same batches.
 
     python bench/bench_epoch.py [--setting scenes|cifar|both] [--repeats 5] [--device cpu] [--threads N] [--profile]
-                                [--clock auto|wall|process]
+                                [--clock auto|wall|process] [--memory-format]
 
 ours: `Pretrainer.train_epoch` of SimCLR: shuffled sampler, uint8 images gathered by dataset index, two batched
       augmented views, one model call, the composed loss, backward, SGD step, per-index bookkeeping, metrics.
@@ -16,6 +16,8 @@ ratio is bare_time / our_time (1.0: no overhead). --profile prints where our epo
 Clock: `wall` (perf_counter, synchronised on CUDA) or `process` (CPU seconds of this process, all threads); `auto`
 takes `process` on CPU, where other jobs on a shared machine would otherwise distort wall times, and `wall` on CUDA.
 On a shared CPU use --threads 1 as well: contended OpenMP threads spin and make both timings erratic.
+--memory-format instead times our epoch with `model.channels_last` on and off (alternating, same batches) and prints
+contiguous_time / channels_last_time (above 1: channels_last is faster; the embedded configs turn it on).
 """
 
 from __future__ import annotations
@@ -91,8 +93,9 @@ def run_data(images: np.ndarray) -> RunData:
     return RunData("bench", split, source, source, train, 2, images.shape[1], ("a", "b"))
 
 
-def bench_config(setting: Setting, device: str, output_dir: str, method: str = "simclr") -> Config:
-    return load_config(None, {
+def bench_config(setting: Setting, device: str, output_dir: str, method: str = "simclr",
+                 channels_last: bool = False) -> Config:
+    return load_config(None, {"model.channels_last": channels_last,
         "method.name": method, "model.width": setting.width, "optim.batch_size": setting.batch,
         "optim.epochs": 1000, "optim.warmup_epochs": 0, "optim.lr": 0.05, "run.device": device, "run.amp": "off",
         "run.progress": "off", "run.output_dir": output_dir, "run.name": "bench",
@@ -186,6 +189,40 @@ def measure(setting: Setting, device: str, repeats: int, profile: bool, clock: s
     return ratio
 
 
+def measure_memory_format(setting: Setting, device: str, repeats: int, clock: str) -> float:
+    """Our epoch with contiguous weights and inputs against the same epoch in channels_last, alternating."""
+    images, origin = source_images(setting.batch * setting.batches, setting.size)
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainers = {layout: Pretrainer(bench_config(setting, device, output_dir, channels_last=layout == "channels_last"),
+                                       data=run_data(images))
+                    for layout in ("contiguous", "channels_last")}
+        dev = trainers["contiguous"].device
+        now = CLOCK["wall" if clock == "auto" and dev.type == "cuda" else "process" if clock == "auto" else clock]
+
+        def timed(trainer: Pretrainer) -> float:
+            synchronise(dev)
+            start = now()
+            trainer.train_epoch()
+            trainer.epoch += 1
+            synchronise(dev)
+            return now() - start
+
+        times: dict[str, list[float]] = {layout: [] for layout in trainers}
+        for repeat in range(repeats + 1):
+            for layout, trainer in trainers.items():
+                elapsed = timed(trainer)
+                if repeat:  # the first epoch of each is a warm-up
+                    times[layout].append(elapsed)
+        images_per_epoch = setting.batch * setting.batches
+        print(f"{setting.name}: {origin}, {setting.batches} batches, device {dev}, "
+              f"{torch.get_num_threads()} threads, fastest of {repeats}")
+        for layout, values in times.items():
+            print(f"  {layout:<14}{min(values):8.3f} s/epoch  {images_per_epoch / min(values):8.1f} img/s")
+        ratio = min(times["contiguous"]) / min(times["channels_last"])
+        print(f"  ratio contiguous/channels_last = {ratio:.3f}")
+    return ratio
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", choices=("scenes", "cifar", "both"), default="both")
@@ -194,12 +231,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--clock", choices=("auto", "wall", "process"), default="auto")
+    parser.add_argument("--memory-format", action="store_true",
+                        help="compare our epoch in channels_last against contiguous instead of against the bare step")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     names = ("scenes", "cifar") if args.setting == "both" else (args.setting,)
     for name in names:
-        measure(SETTINGS[name], args.device, args.repeats, args.profile, args.clock)
+        if args.memory_format:
+            measure_memory_format(SETTINGS[name], args.device, args.repeats, args.clock)
+        else:
+            measure(SETTINGS[name], args.device, args.repeats, args.profile, args.clock)
 
 
 if __name__ == "__main__":

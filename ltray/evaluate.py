@@ -201,7 +201,8 @@ def _fixed_shot_figures(
 
 
 def model_from_checkpoint(cfg: Config, path: Path, device: torch.device) -> ContrastiveModel:
-    """Rebuild the model an ltray checkpoint was trained with and load its weights."""
+    """Rebuild the model an ltray checkpoint was trained with and load its weights (in channels_last memory format
+    when `cfg.model.channels_last`)."""
     state = load_checkpoint(path, map_location=device)
     saved = config_from_dict(state["config"])
     spec = parse_method(saved.method.name)
@@ -216,7 +217,7 @@ def model_from_checkpoint(cfg: Config, path: Path, device: torch.device) -> Cont
         raise CheckpointError(f"checkpoint {path} does not fit its own model: {str(exc).splitlines()[0]}") from None
     if saved.data.dataset != cfg.data.dataset:
         raise LtrayError(f"checkpoint {path} was trained on {saved.data.dataset}, the config evaluates {cfg.data.dataset}")
-    return model
+    return model.to(memory_format=torch.channels_last) if cfg.model.channels_last else model
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str, *, published: bool = False, out: str | None = None) -> dict[str, Any]:

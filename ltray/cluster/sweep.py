@@ -232,6 +232,9 @@ def _new_tuner(spec: SweepSpec, trials: list[Trial], trainable: Any, root: Path,
         param_space={"trial": tune.grid_search([trial.name for trial in trials])},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrent, scheduler=scheduler,
+            # an in-process trial's actor imports torch and ltray once and runs the next trials too (~10 CPU-seconds
+            # saved per trial); each trial seeds, builds and tracks everything it uses afresh
+            reuse_actors=spec.resources.in_process,
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(

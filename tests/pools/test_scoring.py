@@ -115,6 +115,24 @@ def test_state_dict_source_rebuilds_the_same_model() -> None:
     np.testing.assert_array_equal(embed_pool(copy, images, spec).features, embed_pool(model, images, spec).features)
 
 
+def test_channels_last_sources_give_the_same_scores(tmp_path: Path) -> None:
+    """`model.channels_last` (the embedded configs' CPU speed-up) changes the weights' memory format, not the scores,
+    for both ways a scoring actor gets its model."""
+    model = _model(4)
+    cfg = load_config(None, {"data.dataset": "digits-lt", "model.width": 0.125, "model.channels_last": True})
+    recipe = ModelRecipe.from_config(cfg)
+    checkpoint = save_checkpoint(tmp_path / "model.pt", {"config": cfg.to_dict(), "model": model.state_dict()})
+    images = _images(6, seed=4)
+    spec = ScoringSpec(aug_passes=1, batch_size=4)
+    expected = embed_pool(model, images, spec)
+    for source in (StateDictModel(recipe, model.state_dict()), CheckpointModel(str(checkpoint), cfg.to_dict())):
+        loaded = load_scoring_model(source, torch.device("cpu"))
+        assert loaded.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        scores = embed_pool(loaded, images, spec)
+        np.testing.assert_allclose(scores.features, expected.features, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(scores.aug_projections[0], expected.aug_projections[0], rtol=1e-4, atol=1e-5)
+
+
 def test_scoring_spec_validation() -> None:
     assert ScoringSpec(aug_passes=2).columns == ["feature", "projection", "aug_000", "aug_001"]
     assert ScoringSpec(inference=False, aug_passes=1).columns == ["aug_000"]
