@@ -60,7 +60,9 @@ def write_results(args: argparse.Namespace, outcome: Any, wall_seconds: float) -
         results, title="Embedded benchmark: long-tail methods on scenes-lt", command=command.strip(),
         commit=git_commit(), wall_seconds=wall_seconds, machine=machine(), reference=REFERENCE,
         notes=[f"Sweep `{outcome.name}`, MLflow parent run `{outcome.parent_run_id}`; per-trial runs, per-class "
-               "tables and plots are in MLflow (docs/mlflow.md)."],
+               "tables and plots are in MLflow (docs/mlflow.md).",
+               "Budget and probes: experiments/configs/benchmark_embedded.yaml (the probes train on features extracted "
+               "once without augmentation, `eval.probe_augment: false`, at their full schedules)."],
     )
     print(page)
     MlflowClient(outcome.tracking_uri).log_text(outcome.parent_run_id, page, "results.md")

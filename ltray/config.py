@@ -168,6 +168,7 @@ class EvalConfig:
     kshot: int = 10
     kshot_draws: int = 3
     probe_epochs_scale: float = 1.0
+    probe_augment: bool = True
     knn_every: int = 0
     knn_k: int = 50
 
@@ -459,6 +460,9 @@ def validate(cfg: Config) -> None:
     _check(e.kshot >= 1, "eval.kshot must be >= 1")
     _check(e.kshot_draws >= 1, "eval.kshot_draws must be >= 1")
     _check(0 < e.probe_epochs_scale <= 1, "eval.probe_epochs_scale must be in (0, 1]")
+    _check(e.probe_augment or (e.protocol == "sdclr_sgd" and d.dataset in ARRAY_DATASETS),
+           "eval.probe_augment: false applies to the sdclr_sgd probe of array data sets only "
+           f"(got protocol {e.protocol}, data set {d.dataset})")
     _check(e.knn_every >= 0, "eval.knn_every must be >= 0")
     _check(r.checkpoint_every >= 1, "run.checkpoint_every must be >= 1")
     _one_of(r.device, ("auto", "cpu", "cuda"), "run.device")

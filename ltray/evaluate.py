@@ -29,7 +29,7 @@ from ltray.eval.probe import (
     kshot_probe,
     sdclr_sgd_probe,
 )
-from ltray.eval.shots import fixed_shot_subsets
+from ltray.eval.shots import fixed_shot_subsets, kshot_indices
 from ltray.methods.registry import parse_method
 from ltray.models.contrastive import ContrastiveModel, build_model
 from ltray.train.checkpoint import load_checkpoint
@@ -86,6 +86,7 @@ def _array_probes(
             result = sdclr_sgd_probe(
                 backbone, full_x, full_y, val_x, val_y, test_x, test_y, data.num_classes,
                 schedule=scaled_schedule(CIFAR_FULL, e.probe_epochs_scale), device=device, seed=seed, groups=groups,
+                augment=e.probe_augment,
             )
             figures.update(_flat("full", result.report))
             per_class["full"] = result.per_class_acc.tolist()
@@ -95,10 +96,14 @@ def _array_probes(
             result = sdclr_sgd_probe(
                 backbone, few_x, few_y, val_x, val_y, test_x, test_y, data.num_classes,
                 schedule=scaled_schedule(CIFAR_FEW, e.probe_epochs_scale), device=device, seed=seed, groups=groups,
+                augment=e.probe_augment,
             )
             figures.update(_flat("few", result.report))
             per_class["few"] = result.per_class_acc.tolist()
-    train_features = extract_features(backbone, full_x, device=device)
+    if e.protocol == "sdclr_sgd":  # only the k-shot probe reads train features: extract its draws' rows alone
+        train_features = rows_features(backbone, full_x, kshot_rows(full_y, e.kshot, e.kshot_draws, seed), device)
+    else:
+        train_features = extract_features(backbone, full_x, device=device)
     test_features = extract_features(backbone, test_x, device=device)
     _feature_probes(cfg, data.num_classes, (train_features, full_y), (test_features, test_y), groups, device,
                     figures, per_class)
@@ -106,6 +111,20 @@ def _array_probes(
         figures.update(_fixed_shot_figures(data, train_features, full_y, test_features, test_y,
                                            _adam_epochs(cfg, "bcl_adam"), seed, groups, device))
     return figures, per_class
+
+
+def kshot_rows(labels: np.ndarray, k: int, draws: int, seed: int) -> np.ndarray:
+    """The sorted rows of `labels` that some draw of the k-shot probe (`kshot_indices`, same arguments) uses."""
+    return np.unique(np.concatenate(kshot_indices(np.asarray(labels), k, draws, seed)))
+
+
+def rows_features(backbone: nn.Module, images: Any, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Features of `images[rows]` at those rows of an otherwise zero (len(images), d) tensor: a probe that reads only
+    `rows` sees the same features as with `extract_features(backbone, images)`, at the cost of extracting `rows`."""
+    features = extract_features(backbone, images[rows], device=device)
+    out = features.new_zeros((len(images), *features.shape[1:]))
+    out[torch.from_numpy(rows).to(out.device)] = features
+    return out
 
 
 def _adam_epochs(cfg: Config, preset: str) -> int | None:

@@ -157,6 +157,7 @@ def test_on_off_words_in_config_files_and_mappings(tmp_path: Path) -> None:
         ({"eval.protocol": "knn"}, "eval.protocol"),
         ({"eval.grouping": "halves"}, "eval.grouping"),
         ({"eval.probe_epochs_scale": 0}, "probe_epochs_scale"),
+        ({"eval.probe_augment": False, "eval.protocol": "gh_adam"}, "eval.probe_augment"),
         ({"data.split": 0}, "data.split"),
         ({"data.subset": "S_b"}, "data.subset"),
         ({"data.split_protocol": "lotar"}, "split_protocol"),
