@@ -62,7 +62,9 @@ def write_results(args: argparse.Namespace, outcome: Any, wall_seconds: float) -
         notes=[f"Sweep `{outcome.name}`, MLflow parent run `{outcome.parent_run_id}`; per-trial runs, per-class "
                "tables and plots are in MLflow (docs/mlflow.md).",
                "Budget and probes: experiments/configs/benchmark_embedded.yaml (the probes train on features extracted "
-               "once without augmentation, `eval.probe_augment: false`, at their full schedules)."],
+               "once without augmentation, `eval.probe_augment: false`, at their full schedules). COLT and MAK add pool images to the training set (COLT from its first "
+               "resample, MAK from the start), so at the same epoch count they take more optimiser steps than the "
+               "other methods, as in their papers."],
     )
     print(page)
     MlflowClient(outcome.tracking_uri).log_text(outcome.parent_run_id, page, "results.md")
