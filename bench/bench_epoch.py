@@ -137,35 +137,45 @@ class Bare:
 CLOCK = {"wall": time.perf_counter, "process": time.process_time}
 
 
+def resolve_clock(clock: str, device: torch.device) -> str:
+    """`auto`: `wall` on CUDA, `process` on CPU."""
+    if clock == "auto":
+        return "wall" if device.type == "cuda" else "process"
+    return clock
+
+
+def timed(run: Callable[[], None], device: torch.device, clock: str) -> float:
+    """Seconds of `run()` on `clock`, synchronised on CUDA."""
+    now = CLOCK[clock]
+    synchronise(device)
+    start = now()
+    run()
+    synchronise(device)
+    return now() - start
+
+
+def epoch_runner(trainer: Pretrainer) -> Callable[[], None]:
+    def run() -> None:
+        trainer.train_epoch()
+        trainer.epoch += 1
+    return run
+
+
 def measure(setting: Setting, device: str, repeats: int, profile: bool, clock: str) -> float:
     images, origin = source_images(setting.batch * setting.batches, setting.size)
     with tempfile.TemporaryDirectory() as output_dir:
         cfg = bench_config(setting, device, output_dir)
         trainer = Pretrainer(cfg, data=run_data(images))
         bare = Bare(cfg, trainer)
-
-        def ours() -> None:
-            trainer.train_epoch()
-            trainer.epoch += 1
-
+        ours = epoch_runner(trainer)
         dev = trainer.device
-        if clock == "auto":
-            clock = "wall" if dev.type == "cuda" else "process"
-        now = CLOCK[clock]
-
-        def timed(run: Callable[[], None], device: torch.device) -> float:
-            synchronise(device)
-            start = now()
-            run()
-            synchronise(device)
-            return now() - start
-
-        timed(ours, dev)
-        timed(bare.epoch, dev)
+        clock = resolve_clock(clock, dev)
+        timed(ours, dev, clock)
+        timed(bare.epoch, dev, clock)
         our_times, bare_times = [], []
         for _ in range(repeats):
-            our_times.append(timed(ours, dev))
-            bare_times.append(timed(bare.epoch, dev))
+            our_times.append(timed(ours, dev, clock))
+            bare_times.append(timed(bare.epoch, dev, clock))
         ours_s, bare_s = min(our_times), min(bare_times)
         ratio = bare_s / ours_s
         median_ratio = statistics.median(bare_times) / statistics.median(our_times)
@@ -197,20 +207,11 @@ def measure_memory_format(setting: Setting, device: str, repeats: int, clock: st
                                        data=run_data(images))
                     for layout in ("contiguous", "channels_last")}
         dev = trainers["contiguous"].device
-        now = CLOCK["wall" if clock == "auto" and dev.type == "cuda" else "process" if clock == "auto" else clock]
-
-        def timed(trainer: Pretrainer) -> float:
-            synchronise(dev)
-            start = now()
-            trainer.train_epoch()
-            trainer.epoch += 1
-            synchronise(dev)
-            return now() - start
-
+        clock = resolve_clock(clock, dev)
         times: dict[str, list[float]] = {layout: [] for layout in trainers}
         for repeat in range(repeats + 1):
             for layout, trainer in trainers.items():
-                elapsed = timed(trainer)
+                elapsed = timed(epoch_runner(trainer), dev, clock)
                 if repeat:  # the first epoch of each is a warm-up
                     times[layout].append(elapsed)
         images_per_epoch = setting.batch * setting.batches
