@@ -2,7 +2,8 @@
 
 A cluster started here binds its node and dashboard to 127.0.0.1 unless told otherwise. Ray 2.60 uses token
 authentication by default; a client joining a cluster needs that cluster's token (`RAY_AUTH_TOKEN_PATH`,
-`~/.ray/auth_token` or `RAY_AUTH_TOKEN`).
+`~/.ray/auth_token` or `RAY_AUTH_TOKEN`). Every Ray worker process of the job first runs
+`ltray.cluster.interfaces.use_node_interface` (gloo/NCCL on the node's own address).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ltray.cluster.interfaces import SETUP_HOOK
 from ltray.errors import LtrayError
 
 LOCALHOST = "127.0.0.1"
@@ -75,16 +77,17 @@ def connect(
         return RayConnection(address=context.gcs_address, dashboard_url=_dashboard(_current_dashboard()),
                              started_here=False)
     local = address in (None, "", "local")
+    runtime_env = {"worker_process_setup_hook": SETUP_HOOK}
     try:
         if local:
             info = ray.init(
                 address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address=LOCALHOST,
                 include_dashboard=True, dashboard_host=dashboard_host, dashboard_port=dashboard_port,
-                logging_level=logging.WARNING, logging_config=ray.LoggingConfig(log_level="WARNING"),
+                runtime_env=runtime_env, logging_level=logging.WARNING, logging_config=ray.LoggingConfig(log_level="WARNING"),
             )
         else:
             use_token_auth_when_available()
-            info = ray.init(address=address, logging_level=logging.WARNING,
+            info = ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING,
                             logging_config=ray.LoggingConfig(log_level="WARNING"))
     except ConnectionError as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

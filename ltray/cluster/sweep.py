@@ -1,7 +1,9 @@
 """Running a sweep on Ray Tune: checks first, then one parent MLflow run, one trial per grid point, the summary.
 
 Order of work: expand and validate every trial, check the MLflow store (a store that is down fails the sweep here,
-before any training), read one trial's data per split, connect to Ray, print where to watch, then run the grid with
+before any training), read one trial's data per split, connect to Ray, check every node (`ltray.cluster.preflight`:
+shared storage, a tracking store all nodes reach, data paths, a worker that fits a node), print where to watch,
+then run the grid with
 at most as many trials at once as the cluster's CPUs/GPUs hold. An interrupted sweep (Ctrl-C, a lost driver)
 continues with `resume=True`: Tune skips the finished trials and restarts the others, whose Ray Train runs pick up
 their last checkpoint from the sweep's storage folder.
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ltray.cluster.grid import SweepSpec, Trial, expand_trials, max_concurrent_trials
+from ltray.cluster.preflight import check_cluster
 from ltray.cluster.summary import sweep_markdown, sweep_title
 from ltray.cluster.trial import DRIVER_MEMORY_BYTES, FINAL_MARK, TrialContext, run_trial
 from ltray.cluster.train_worker import TrainSettings
@@ -255,6 +258,7 @@ def _start_message(spec: SweepSpec, trials: list[Trial], concurrent: int) -> str
 
 def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> SweepOutcome:
     """Run (or resume) a sweep end to end and return its outcome; user errors raise LtrayError before training."""
+    from ltray.tracking.artifacts import log_sweep_grid
     from ltray.tracking.runs import TAG_GIT_COMMIT, SweepTracking
     from ltray.tracking.store import check_tracking_reachable, resolve_tracking_uri
 
@@ -271,21 +275,25 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
     root = storage_root(options.storage)
     sweep_dir = resolve_sweep_dir(spec, options, root)
     preflight(trials)
-    tracking = SweepTracking(tracking_uri, spec.experiment)
-    if not options.resume and tracking.find_parent(spec.name) is not None:
-        raise ConfigError(
-            f"MLflow experiment {spec.experiment!r} already has a sweep named {spec.name!r}; "
-            "pass --resume to continue it or choose another --name"
-        )
     connection = runtime.connect(options.address, dashboard_host=options.dashboard_host,
                                  dashboard_port=options.dashboard_port)
     parent_run_id: str | None = None
     try:
+        configs = [trial.build_config() for trial in trials]
+        check_cluster(configs, root, tracking_uri, cpus_per_worker=spec.resources.cpus_per_worker,
+                      gpus_per_worker=spec.resources.gpus_per_worker)
+        tracking = SweepTracking(tracking_uri, spec.experiment)
+        if not options.resume and tracking.find_parent(spec.name) is not None:
+            raise ConfigError(
+                f"MLflow experiment {spec.experiment!r} already has a sweep named {spec.name!r}; "
+                "pass --resume to continue it or choose another --name"
+            )
         concurrent = options.max_concurrent or max_concurrent_trials(
             runtime.cluster_resources(), spec.resources, len(trials)
         )
         parent_tags = _parent_tags(trials)
         parent_run_id = tracking.start_parent(spec.name, spec.parameters(), parent_tags)
+        log_sweep_grid(tracking.client, parent_run_id, {trial.name: trial.config_key for trial in trials})
         echo(_start_message(spec, trials, concurrent))
         for line in watch_lines(connection.dashboard_url, tracking_uri, tracking.experiment_id):
             echo(line)

@@ -38,6 +38,7 @@ SummaryRow = tuple[str, Mapping[str, object]]
 PER_CLASS_CSV = "per_class.csv"
 PER_CLASS_PNG = "per_class.png"
 SUMMARY_MD = "summary.md"
+SWEEP_GRID = "trials.json"
 SUMMARY_CSV = "summary.csv"
 DEFAULT_CONFIG_KEY = "default"
 GROUP_COLOURS = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
@@ -228,10 +229,13 @@ def sweep_summary_rows(client: MlflowClient, parent: Run) -> list[SummaryRow]:
 
     A trial run again under the same name counts once, by its latest run. A trial counts when that run FINISHED
     with its final figures; every other trial (failed, killed, still running, no final report) is listed as
-    missing and excluded.
+    missing and excluded, and so is every trial of the sweep's grid (`trials.json` on the parent run) that never
+    created a run.
     """
     children = _all_runs(client, [parent.info.experiment_id], f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'")
-    latest: dict[str, dict[str, Run]] = {}
+    latest: dict[str, dict[str, Run | None]] = {}
+    for trial, config_key in sweep_grid(client, parent.info.run_id).items():
+        latest.setdefault(config_key, {})[trial] = None
     for child in sorted(children, key=lambda run: (run.info.start_time or 0, run.info.run_id)):
         config_key = child.data.tags.get(TAG_CONFIG_KEY, DEFAULT_CONFIG_KEY)
         trial = child.data.tags.get(TAG_TRIAL, child.info.run_name or child.info.run_id)
@@ -239,12 +243,27 @@ def sweep_summary_rows(client: MlflowClient, parent: Run) -> list[SummaryRow]:
     rows: list[SummaryRow] = []
     for config_key in sorted(latest):
         trials = latest[config_key]
-        reports = [report for trial, child in trials.items() if (report := _final_report(child, trial)) is not None]
+        reports = [report for trial, child in trials.items()
+                   if child is not None and (report := _final_report(child, trial)) is not None]
         if reports:
             rows.append((config_key, summarize_runs(reports, expected=list(trials))))
         else:
             rows.append((config_key, _empty_summary(list(trials))))
     return rows
+
+
+def log_sweep_grid(client: MlflowClient, parent_run_id: str, grid: Mapping[str, str]) -> None:
+    """Record the sweep's trials (name -> configuration key) on its parent run as `trials.json`."""
+    client.log_text(parent_run_id, json.dumps(dict(grid), indent=1, sort_keys=True), SWEEP_GRID)
+
+
+def sweep_grid(client: MlflowClient, parent_run_id: str) -> dict[str, str]:
+    """The trials a sweep was started with (`log_sweep_grid`); empty for a sweep that recorded none."""
+    if not any(item.path == SWEEP_GRID for item in client.list_artifacts(parent_run_id)):
+        return {}
+    with tempfile.TemporaryDirectory(prefix="ltray-grid-") as folder:
+        path = client.download_artifacts(parent_run_id, SWEEP_GRID, folder)
+        return {str(trial): str(key) for trial, key in json.loads(Path(path).read_text()).items()}
 
 
 def find_sweep_parent(client: MlflowClient, sweep_name: str) -> Run:

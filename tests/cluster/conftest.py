@@ -200,3 +200,20 @@ def tiny_sweep():
 def sweep_script():
     """`sweep_script(script, args, env, cwd)` runs `experiments/<script>` and returns the completed process."""
     return _run_script
+
+
+@pytest.fixture(scope="session")
+def two_nodes():
+    """A real two-node Ray cluster (tests/cluster/multinode.py) with an MLflow server on the head, shared by the
+    multi-node tests and stopped at the end of the session; skipped where the machine allows no namespaces."""
+    from tests.cluster.multinode import start_two_node_cluster, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    cluster = start_two_node_cluster()
+    try:
+        cluster.tracking_uri = cluster.start_mlflow()
+        yield cluster
+    finally:
+        cluster.stop()
