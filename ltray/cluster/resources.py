@@ -62,6 +62,15 @@ def placement_group_ids() -> set[str]:
     return {group.placement_group_id for group in groups}
 
 
+def placement_groups_or_none() -> set[str] | None:
+    """`placement_group_ids()`, or None where Ray's state API is not available (a cluster without its dashboard):
+    the clean-up after a failed run is then skipped."""
+    try:
+        return placement_group_ids()
+    except Exception:  # the state API answers through the dashboard, which a cluster may run without
+        return None
+
+
 def remove_orphaned_placement_groups(before: set[str], timeout_s: float = ORPHAN_WAIT_S) -> list[str]:
     """Remove the placement groups that appeared since `before` and hold no live actor. The failed run's workers
     may take a while to die, so this polls for up to `timeout_s`; a group counts as orphaned once it held no live

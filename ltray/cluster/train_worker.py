@@ -246,14 +246,14 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, mlflow: Ml
     from ray.train.torch import TorchTrainer
 
     from ltray.cluster.pool_dataset import PoolShardConfig, colt_pool_dataset
-    from ltray.cluster.resources import placement_group_ids, wait_for_resources
+    from ltray.cluster.resources import placement_groups_or_none, wait_for_resources
     from ltray.cluster.runtime import use_fast_train_reports
     from ltray.pools.shard_embed import POOL_DATASET
 
     use_fast_train_reports()
     wait_for_resources({"CPU": settings.workers * settings.cpus_per_worker,
                         "GPU": settings.workers * settings.gpus_per_worker}, f"training run {run_name}")
-    groups_before = placement_group_ids()
+    groups_before = placement_groups_or_none()
     pool = colt_pool_dataset(cfg)
     use_gpu = settings.gpus_per_worker > 0
     per_worker: dict[str, float] = {"CPU": settings.cpus_per_worker}
@@ -291,10 +291,12 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, mlflow: Ml
         raise
 
 
-def release_failed_run(run_name: str, groups_before: set[str]) -> None:
+def release_failed_run(run_name: str, groups_before: set[str] | None) -> None:
     """After a failed Ray Train run: remove the placement groups it left holding resources (`ltray.cluster.resources`)."""
     from ltray.cluster.resources import remove_orphaned_placement_groups
 
+    if groups_before is None:
+        return
     try:
         removed = remove_orphaned_placement_groups(groups_before)
     except Exception as error:  # the state API may be unavailable; the run's own error matters more
