@@ -58,7 +58,8 @@ def placement_group_ids() -> set[str]:
     """The ids of the cluster's placement groups that hold resources now (created or being created)."""
     from ray.util.state import list_placement_groups
 
-    groups = list_placement_groups(filters=[("state", "!=", "REMOVED")], limit=10_000, raise_on_missing_output=False)
+    groups = list_placement_groups(filters=[("state", "!=", "REMOVED")], limit=10_000, timeout=10,
+                                   raise_on_missing_output=False)
     return {group.placement_group_id for group in groups}
 
 
