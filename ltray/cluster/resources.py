@@ -54,17 +54,25 @@ def wait_for_resources(needed: Mapping[str, float], what: str, timeout_s: float 
         time.sleep(POLL_S)
 
 
+def _connected_cluster() -> str:
+    """The GCS address of the cluster this process is connected to. Ray's state API otherwise looks for a cluster
+    on this machine by itself and fails where several run (as in the test suite)."""
+    import ray
+
+    return str(ray.get_runtime_context().gcs_address)
+
+
 def placement_group_ids() -> set[str]:
     """The ids of the cluster's placement groups that hold resources now (created or being created)."""
     from ray.util.state import list_placement_groups
 
-    groups = list_placement_groups(filters=[("state", "!=", "REMOVED")], limit=10_000, timeout=10,
-                                   raise_on_missing_output=False)
+    groups = list_placement_groups(address=_connected_cluster(), filters=[("state", "!=", "REMOVED")],
+                                   limit=10_000, timeout=10, raise_on_missing_output=False)
     return {group.placement_group_id for group in groups}
 
 
 def placement_groups_or_none() -> set[str] | None:
-    """`placement_group_ids()`, or None where Ray's state API is not available (a cluster without its dashboard):
+    """`placement_group_ids()`, or None where Ray's state API does not answer (a cluster without its dashboard):
     the clean-up after a failed run is then skipped."""
     try:
         return placement_group_ids()
@@ -81,22 +89,20 @@ def remove_orphaned_placement_groups(before: set[str], timeout_s: float = ORPHAN
     from ray.util.placement_group import PlacementGroup, remove_placement_group
     from ray.util.state import list_actors
 
-    def orphans() -> set[str]:
-        new = placement_group_ids() - before
-        if not new:
-            return set()
-        alive = list_actors(filters=[("state", "!=", "DEAD")], limit=10_000, detail=True,
-                            raise_on_missing_output=False)
-        return new - {actor.placement_group_id for actor in alive if actor.placement_group_id}
+    def in_use() -> set[str]:
+        alive = list_actors(address=_connected_cluster(), filters=[("state", "!=", "DEAD")], limit=10_000,
+                            detail=True, timeout=10, raise_on_missing_output=False)
+        return {actor.placement_group_id for actor in alive if actor.placement_group_id}
 
     deadline = time.monotonic() + timeout_s
     previous: set[str] = set()
     while True:
-        current = orphans()
-        stable = previous & current
-        if stable or time.monotonic() >= deadline or not (placement_group_ids() - before):
+        new = placement_group_ids() - before
+        orphaned = new - in_use() if new else set()
+        stable = previous & orphaned
+        if stable or not new or time.monotonic() >= deadline:
             break
-        previous = current
+        previous = orphaned
         time.sleep(SETTLE_S)
     for group_id in sorted(stable):
         remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(group_id))))

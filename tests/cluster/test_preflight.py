@@ -1,5 +1,5 @@
-"""The driver-side parts of the cluster preflight and the bounded resource wait (the per-node checks run on the
-real two-node cluster in test_multinode.py)."""
+"""The driver-side parts of the cluster preflight (the per-node checks run on the real two-node cluster in
+test_multinode.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import pytest
 
 from ltray.cluster.preflight import (NodeInfo, PathNeed, PreflightError, check_worker_fits, data_paths,
                                      is_local_store, node_report)
-from ltray.cluster.resources import RESOURCE_TIMEOUT_ENV, resource_timeout_s, wait_for_resources
 from ltray.config import load_config
-from ltray.errors import LtrayError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,19 +54,3 @@ def test_node_report_on_shared_and_unshared_storage(tmp_path):
                           [PathNeed("data.root", str(tmp_path / "data"))])
     assert "does not exist there" in missing[0] and missing[1] == f"data.root {tmp_path / 'data'} does not exist there"
 
-
-def test_wait_for_resources_returns_once_free_and_fails_after_the_timeout():
-    answers = iter([{"CPU": 0.0}, {"CPU": 2.0}])
-    wait_for_resources({"CPU": 2.0, "GPU": 0.0}, "run x", timeout_s=5.0, available=lambda: next(answers))
-    with pytest.raises(LtrayError, match=r"run y: .* within 0 s \(free/needed: 1/2 CPU\)"):
-        wait_for_resources({"CPU": 2.0}, "run y", timeout_s=0.01, available=lambda: {"CPU": 1.0})
-
-
-def test_resource_timeout_setting(monkeypatch):
-    monkeypatch.delenv(RESOURCE_TIMEOUT_ENV, raising=False)
-    assert resource_timeout_s() == 300.0
-    monkeypatch.setenv(RESOURCE_TIMEOUT_ENV, "12.5")
-    assert resource_timeout_s() == 12.5
-    monkeypatch.setenv(RESOURCE_TIMEOUT_ENV, "soon")
-    with pytest.raises(LtrayError, match="must be a number"):
-        resource_timeout_s()
