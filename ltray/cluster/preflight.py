@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltray.errors import ConfigError
+from ltray.errors import ConfigError, LtrayError
 
 PREFLIGHT_TIMEOUT_S = 60.0
 MARKER_PREFIX = ".ltray-preflight-"
@@ -124,7 +124,7 @@ def node_report(marker: str, marker_text: str, storage_root: str, tracking_uri: 
     if not is_local_store(tracking_uri):
         try:
             check_tracking_reachable(tracking_uri)
-        except Exception as error:  # the check's own one-line message
+        except LtrayError as error:
             problems.append(str(error))
     for need in paths:
         if not Path(need.path).exists():
@@ -141,17 +141,18 @@ def alive_nodes() -> list[NodeInfo]:
 
 
 def check_cluster(configs: Sequence[Any], storage_root: Path, tracking_uri: str, *, cpus_per_worker: float,
-                  gpus_per_worker: float, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> int:
-    """Run the checks above on the connected cluster; returns the number of nodes checked. On one node the
+                  gpus_per_worker: float, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
+    """Run the checks above on the connected cluster. On one node the
     driver's own checks (tracking store, data read before Ray started) already cover it: only the resource fit
     runs. Raises PreflightError with the first problem found (and how many more there are)."""
     import ray
+    from ray.exceptions import RayError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = alive_nodes()
     check_worker_fits(nodes, cpus_per_worker, gpus_per_worker)
     if len(nodes) < 2:
-        return len(nodes)
+        return
     if is_local_store(tracking_uri):
         raise PreflightError(
             f"the MLflow store {tracking_uri} is a file on this machine, which the other {len(nodes) - 1} node(s) "
@@ -183,7 +184,7 @@ def check_cluster(configs: Sequence[Any], storage_root: Path, tracking_uri: str,
         for ref in ready:
             try:
                 found = ray.get(ref)
-            except Exception as error:  # the task itself failed there (e.g. ltray not importable)
+            except RayError as error:  # the task itself failed there (e.g. ltray not importable)
                 lines = str(error).strip().splitlines()
                 found = [f"the preflight task failed: {lines[-1] if lines else type(error).__name__}"]
             problems += [f"node {pending[ref].address}: {problem}" for problem in found]
@@ -192,4 +193,3 @@ def check_cluster(configs: Sequence[Any], storage_root: Path, tracking_uri: str,
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise PreflightError(f"preflight: {problems[0]}{more}")
-    return len(nodes)

@@ -189,12 +189,10 @@ def summarize_sweep(tracking: Any, parent_run_id: str, title: str, sweep_dir: Pa
     return markdown
 
 
-def _parent_tags(trials: list[Trial]) -> dict[str, str]:
+def _parent_tags(configs: list[Any]) -> dict[str, str]:
     from ltray.tracking.runs import standard_tags
 
     from ltray.methods.registry import parse_method
-
-    configs = [trial.build_config() for trial in trials]
 
     def joined(values: list[str]) -> str:
         return ",".join(dict.fromkeys(values))
@@ -291,7 +289,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
         concurrent = options.max_concurrent or max_concurrent_trials(
             runtime.cluster_resources(), spec.resources, len(trials)
         )
-        parent_tags = _parent_tags(trials)
+        parent_tags = _parent_tags(configs)
         parent_run_id = tracking.start_parent(spec.name, spec.parameters(), parent_tags)
         log_sweep_grid(tracking.client, parent_run_id, {trial.name: trial.config_key for trial in trials})
         echo(_start_message(spec, trials, concurrent))

@@ -286,7 +286,7 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, mlflow: Ml
     )
     try:
         return trainer.fit()
-    except BaseException:
+    except Exception:
         release_failed_run(run_name, groups_before)
         raise
 

@@ -202,10 +202,10 @@ def sweep_script():
     return _run_script
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def two_nodes():
     """A real two-node Ray cluster (tests/cluster/multinode.py) with an MLflow server on the head, shared by the
-    multi-node tests and stopped at the end of the session; skipped where the machine allows no namespaces."""
+    multi-node tests of a module and stopped after them (its processes hold memory the later tests need); skipped where the machine allows no namespaces."""
     from tests.cluster.multinode import start_two_node_cluster, unavailable_reason
 
     reason = unavailable_reason()

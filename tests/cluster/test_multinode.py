@@ -9,7 +9,6 @@ import shutil
 import sqlite3
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
