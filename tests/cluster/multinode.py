@@ -54,6 +54,13 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def _fresh_environment(prefixes: tuple[str, ...]) -> dict[str, str]:
+    """This process's environment as a fresh node or user would have it: without the given prefixes and without
+    a collective interface chosen by hand (the test process may have one from an earlier test)."""
+    dropped = (*prefixes, "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+    return {key: value for key, value in os.environ.items() if not key.startswith(dropped)}
+
+
 def _run(argv: Sequence[str]) -> None:
     done = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=30)
     if done.returncode != 0:
@@ -137,7 +144,7 @@ class TwoNodeCluster:
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment of a driver on the head node: token auth with the cluster's token, `RAY_ADDRESS`."""
-        env = {key: value for key, value in os.environ.items() if not key.startswith(("RAY_", "MLFLOW_", "LTRAY_"))}
+        env = _fresh_environment(("RAY_", "MLFLOW_", "LTRAY_"))
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path), RAY_ADDRESS=self.address,
                    RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.25", PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = str(ROOT)
@@ -262,7 +269,7 @@ def start_two_node_cluster() -> TwoNodeCluster:
             _run(["ip", "-n", node.netns, "addr", "add", f"{node.ip}/24", "dev", link])
             _run(["ip", "-n", node.netns, "link", "set", link, "up"])
             _run(["ip", "-n", node.netns, "link", "set", "lo", "up"])
-        env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+        env = _fresh_environment(("RAY_",))
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), PYTHONPATH=str(ROOT))
         _start_node(head, env, head=True)
         _wait_for_nodes(cluster, 1)

@@ -14,6 +14,7 @@ def test_loopback_address_is_on_the_loopback_interface():
 
 
 def test_hook_sets_the_node_interface_and_keeps_user_values(monkeypatch):
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # what the hook sets must not reach later tests' processes
     monkeypatch.setattr(interfaces, "node_address", lambda: "127.0.0.1")
     monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
     monkeypatch.setenv("NCCL_SOCKET_IFNAME", "ib0")
@@ -23,6 +24,7 @@ def test_hook_sets_the_node_interface_and_keeps_user_values(monkeypatch):
 
 
 def test_hook_outside_ray_changes_nothing(monkeypatch):
+    monkeypatch.setattr(os, "environ", dict(os.environ))
     for variable in INTERFACE_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     use_node_interface()
