@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from ltray.tracking.runs import ROLE_PARENT, TAG_PARENT, TAG_ROLE, TAG_SWEEP
 from tests.cluster.multinode import ROOT
 
 pytestmark = pytest.mark.slow
@@ -31,16 +32,19 @@ def _sweep(cluster, name: str, *args: str, env: dict[str, str] | None = None, ti
 
 
 def _child_runs(cluster, sweep: str) -> dict[str, str]:
-    """name -> status of the sweep's child runs, read from the server's own SQLite store."""
+    """name -> status of the sweep's child runs, read from the server's own SQLite store (children carry the
+    sweep's tag too, so the parent is found by its role)."""
     db = cluster.shared / "mlflow" / "mlflow.db"
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
         parents = [row[0] for row in connection.execute(
-            "SELECT run_uuid FROM tags WHERE key = 'ltray.sweep' AND value = ?", (sweep,))]
+            "SELECT sweep.run_uuid FROM tags AS sweep JOIN tags AS role ON role.run_uuid = sweep.run_uuid "
+            "WHERE sweep.key = ? AND sweep.value = ? AND role.key = ? AND role.value = ?",
+            (TAG_SWEEP, sweep, TAG_ROLE, ROLE_PARENT))]
         if not parents:
             return {}
         rows = connection.execute(
             "SELECT runs.name, runs.status FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
-            "WHERE tags.key = 'mlflow.parentRunId' AND tags.value = ?", (parents[0],)).fetchall()
+            "WHERE tags.key = ? AND tags.value = ?", (TAG_PARENT, parents[0])).fetchall()
     return dict(rows)
 
 
