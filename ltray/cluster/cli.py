@@ -20,7 +20,8 @@ Ray: without --address (or with --address local) Ray starts in this process, nod
 `ray start --head --node-ip-address 127.0.0.1`, or the driver of a `ray job submit`); host:port or ray://host:port
 name one. MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; the store is checked
 before any training starts. Storage: --storage, else $LTRAY_STORAGE, else ./ray_results (Ray Tune folder of the
-sweep, Ray Train run folders and checkpoints; on a cluster it must be shared by all nodes). Every trial is one
+sweep, Ray Train run folders and checkpoints; on a cluster of several nodes a path every node mounts, or a URI
+such as s3://BUCKET/PREFIX, with credentials in each node's environment). Every trial is one
 MLflow child run under the sweep's parent run; the parent gets the summary (mean ± std over splits per
 configuration); `ltray report --sweep NAME` prints it again. --dry-run prints the trials, their resources and the
 expected cost (from ltray/cluster/throughput.json) and starts nothing; docs/reproduce.md lists the paper recipes.
@@ -50,7 +51,7 @@ def build_parser(prog: str, description: str, default_config: Path) -> argparse.
                              "it to the network)")
     parser.add_argument("--dashboard-port", type=int, help="port of that dashboard (default 8265)")
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI: http(s)://..., sqlite:///abs/path.db, ...")
-    parser.add_argument("--storage", help="root folder of sweep results and checkpoints (default ./ray_results)")
+    parser.add_argument("--storage", help="root of sweep results and checkpoints: a path or a URI (s3://, gs://, ...; default ./ray_results)")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted sweep (the newest of that name, or --name): finished trials "
                              "are not run again, the others continue from their last checkpoint")
@@ -163,7 +164,7 @@ def run_script(
         return EXIT_USER_ERROR
     print()
     print(outcome.summary)
-    print(f"summary: {outcome.sweep_dir / 'summary.md'}; MLflow parent run {outcome.parent_run_id} "
+    print(f"summary: {outcome.sweep_dir.child('summary.md')}; MLflow parent run {outcome.parent_run_id} "
           f"({outcome.tracking_uri}); again with: ltray report --sweep {outcome.name} --mlflow-uri {outcome.tracking_uri}")
     for error in outcome.errors:
         print(f"{prog}: trial failed: {error}", file=sys.stderr)

@@ -5,14 +5,16 @@ has connected to Ray, one tiny task is pinned to each alive node (no CPU request
 checks, from that node:
 
 - the storage root exists and is writable there, and a marker file the driver just wrote into it is visible with
-  the same content (storage that is really shared, not a same-named local folder);
+  the same content (storage that is really shared, not a same-named local folder); a URI storage (`s3://`, ...)
+  is opened there with that node's credentials;
 - the MLflow store answers (an http(s) server or a SQL database; a SQLite file, or any store on the driver's local
   disk, is refused outright on a cluster of several nodes: each node would write its own file);
 - every data path the trials name exists: `data.root`, `data.splits_dir`, the list files, `data.extra_data`,
   COLT's pool file and MAK's pool folder.
 
 The driver also checks that one training worker fits on some node (otherwise the trial would wait for resources
-forever). Every problem is one line (`PreflightError`, exit 2) naming the node and what to do; the whole check is
+forever), that it can write to a URI storage itself (even on one node), and that no MAK trial needs a folder on a
+URI storage (its pool and selection are read as folders by every worker). Every problem is one line (`PreflightError`, exit 2) naming the node and what to do; the whole check is
 bounded by `PREFLIGHT_TIMEOUT_S`.
 """
 
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ltray.cluster.storage import Storage, storage_error
 from ltray.errors import ConfigError, LtrayError
 
 PREFLIGHT_TIMEOUT_S = 60.0
@@ -95,32 +98,51 @@ def check_worker_fits(nodes: Sequence[NodeInfo], cpus_per_worker: float, gpus_pe
     )
 
 
-def node_report(marker: str, marker_text: str, storage_root: str, tracking_uri: str,
+def check_mak_storage(configs: Iterable[Any], storage: Storage) -> None:
+    """MAK's pipeline keeps its pool, cache and selection as folders under the sweep, which the training workers
+    read as local folders: a URI storage cannot hold them."""
+    from ltray.methods.registry import parse_method
+
+    if storage.is_local:
+        return
+    for cfg in configs:
+        if parse_method(cfg.method.name).has("mak") and not cfg.data.extra_data:
+            raise PreflightError(
+                f"method {cfg.method.name}: MAK's pool and selection are folders every worker reads, which the URI "
+                f"storage {storage} cannot hold; run MAK sweeps with --storage on a path every node mounts"
+            )
+
+
+def storage_problem(root: Storage, marker: str, marker_text: str) -> str | None:
+    """Why the storage root is not usable from here (None: it is): missing, not shared, or not writable."""
+    try:
+        if not root.is_dir():
+            return (f"the storage root {root} does not exist there; use --storage (or $LTRAY_STORAGE) on storage "
+                    "every node mounts at the same path, or an s3:// / gs:// URI")
+        try:
+            seen: str | None = root.child(marker).read_text()
+        except (OSError, ValueError):
+            seen = None
+        if seen != marker_text:
+            return (f"the storage root {root} is not shared: a file the driver wrote there is not visible; use "
+                    "--storage (or $LTRAY_STORAGE) on storage every node mounts at the same path")
+        probe = root.child(f"{marker}.{os.getpid()}")
+        probe.write_text("ltray")
+        probe.delete()
+    except (OSError, ValueError) as error:  # pyarrow's errors are OSError (I/O) or ValueError (ArrowInvalid)
+        return f"the storage root is not usable there ({storage_error(root, error)})"
+    return None
+
+
+def node_report(marker: str, marker_text: str, storage_uri: str, tracking_uri: str,
                 paths: Sequence[PathNeed]) -> list[str]:
     """What is wrong on the node this runs on (empty: nothing). Runs as a Ray task pinned to one node."""
     from ltray.tracking.store import check_tracking_reachable
 
     problems = []
-    root = Path(storage_root)
-    marker_path = root / marker
-    if not root.is_dir():
-        problems.append(f"the storage root {root} does not exist there; use --storage (or $LTRAY_STORAGE) on "
-                        "storage every node mounts at the same path, or an s3:// / gs:// URI")
-    else:
-        try:
-            seen = marker_path.read_text()
-        except OSError:
-            seen = None
-        if seen != marker_text:
-            problems.append(f"the storage root {root} is not shared: a file the driver wrote there is not visible; "
-                            "use --storage (or $LTRAY_STORAGE) on storage every node mounts at the same path")
-        else:
-            probe = root / f"{marker}.{os.getpid()}"
-            try:
-                probe.write_text("ltray")
-                probe.unlink()
-            except OSError as error:
-                problems.append(f"the storage root {root} is not writable there ({error.strerror or error})")
+    problem = storage_problem(Storage(storage_uri), marker, marker_text)
+    if problem is not None:
+        problems.append(problem)
     if not is_local_store(tracking_uri):
         try:
             check_tracking_reachable(tracking_uri)
@@ -140,18 +162,41 @@ def alive_nodes() -> list[NodeInfo]:
             for node in ray.nodes() if node.get("Alive")]
 
 
-def check_cluster(configs: Sequence[Any], storage_root: Path, tracking_uri: str, *, cpus_per_worker: float,
+def write_marker(storage: Storage) -> tuple[Storage, str]:
+    """Write a fresh marker file into the storage root from the driver; returns it and its text."""
+    marker = storage.child(f"{MARKER_PREFIX}{secrets.token_hex(8)}")
+    text = secrets.token_hex(16)
+    try:
+        storage.make_dirs()
+        marker.write_text(text)
+    except (OSError, ValueError) as error:
+        raise PreflightError(f"the storage root is not writable from the driver ({storage_error(storage, error)})"
+                             ) from None
+    return marker, text
+
+
+def remove_marker(marker: Storage) -> None:
+    try:
+        marker.delete()
+    except (OSError, ValueError):
+        pass  # the check's own error (or its success) matters more than a leftover marker
+
+
+def check_cluster(configs: Sequence[Any], storage: Storage, tracking_uri: str, *, cpus_per_worker: float,
                   gpus_per_worker: float, timeout_s: float = PREFLIGHT_TIMEOUT_S) -> None:
-    """Run the checks above on the connected cluster. On one node the
-    driver's own checks (tracking store, data read before Ray started) already cover it: only the resource fit
-    runs. Raises PreflightError with the first problem found (and how many more there are)."""
+    """Run the checks above on the connected cluster. On one node the driver's own checks (tracking store, data
+    read before Ray started) already cover it: only the resource fit runs, and for a URI storage a write from the
+    driver. Raises PreflightError with the first problem found (and how many more there are)."""
     import ray
     from ray.exceptions import RayError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     nodes = alive_nodes()
     check_worker_fits(nodes, cpus_per_worker, gpus_per_worker)
+    check_mak_storage(configs, storage)
     if len(nodes) < 2:
+        if not storage.is_local:
+            remove_marker(write_marker(storage)[0])
         return
     if is_local_store(tracking_uri):
         raise PreflightError(
@@ -159,18 +204,14 @@ def check_cluster(configs: Sequence[Any], storage_root: Path, tracking_uri: str,
             "of the cluster cannot share; start a tracking server every node reaches "
             "(python -m ltray.tracking.server --host ADDRESS --store DIR) and pass --mlflow-uri http://ADDRESS:5000"
         )
-    storage_root.mkdir(parents=True, exist_ok=True)
-    marker = f"{MARKER_PREFIX}{secrets.token_hex(8)}"
-    marker_text = secrets.token_hex(16)
-    marker_path = storage_root / marker
-    marker_path.write_text(marker_text)
+    marker, marker_text = write_marker(storage)
     paths = data_paths(configs)
     task = ray.remote(node_report)
     try:
         pending = {
             task.options(num_cpus=0, max_retries=0,
                          scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False)).remote(
-                marker, marker_text, str(storage_root), tracking_uri, paths): node
+                marker.name, marker_text, storage.uri, tracking_uri, paths): node
             for node in nodes
         }
         ready, not_ready = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)
@@ -189,7 +230,7 @@ def check_cluster(configs: Sequence[Any], storage_root: Path, tracking_uri: str,
                 found = [f"the preflight task failed: {lines[-1] if lines else type(error).__name__}"]
             problems += [f"node {pending[ref].address}: {problem}" for problem in found]
     finally:
-        marker_path.unlink(missing_ok=True)
+        remove_marker(marker)
     if problems:
         more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
         raise PreflightError(f"preflight: {problems[0]}{more}")

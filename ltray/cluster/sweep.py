@@ -11,9 +11,7 @@ their last checkpoint from the sweep's storage folder.
 
 from __future__ import annotations
 
-import os
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,13 +20,12 @@ from typing import Any
 
 from ltray.cluster.grid import SweepSpec, Trial, expand_trials, max_concurrent_trials
 from ltray.cluster.preflight import check_cluster
+from ltray.cluster.storage import Storage, resolve_storage
 from ltray.cluster.summary import sweep_markdown, sweep_title
 from ltray.cluster.trial import DRIVER_MEMORY_BYTES, FINAL_MARK, TrialContext, run_trial
 from ltray.cluster.train_worker import TrainSettings
 from ltray.errors import ConfigError
 
-STORAGE_ENV = "LTRAY_STORAGE"
-DEFAULT_STORAGE = "ray_results"
 TRAIN_RUNS = "train_runs"
 SUMMARY_MD = "summary.md"
 SUMMARY_CSV = "summary.csv"
@@ -53,7 +50,7 @@ class SweepOptions:
 @dataclass
 class SweepOutcome:
     name: str
-    sweep_dir: Path
+    sweep_dir: Storage
     tracking_uri: str
     parent_run_id: str
     summary: str
@@ -65,25 +62,20 @@ class SweepOutcome:
         return 130 if self.interrupted else (1 if self.errors else 0)
 
 
-def storage_root(storage: str | None) -> Path:
-    """The folder holding every sweep: `storage`, else `$LTRAY_STORAGE`, else ./ray_results; made absolute."""
-    chosen = storage or os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE
-    return Path(chosen).expanduser().resolve()
-
-
-def _restorable(path: Path) -> bool:
+def _restorable(folder: Storage) -> bool:
     from ray import tune
 
-    return path.is_dir() and tune.Tuner.can_restore(str(path))
+    return folder.is_dir() and tune.Tuner.can_restore(folder.uri)
 
 
-def resolve_sweep_dir(spec: SweepSpec, options: SweepOptions, root: Path) -> Path:
-    """The sweep's Tune folder. A timestamped name is added for a fresh sweep when asked; `resume` without an
-    explicit name continues the newest restorable `<name>-<timestamp>` folder."""
+def resolve_sweep_dir(spec: SweepSpec, options: SweepOptions, root: Storage) -> Storage:
+    """The sweep's Tune folder under the storage root. A timestamped name is added for a fresh sweep when asked;
+    `resume` without an explicit name continues the newest restorable `<name>-<timestamp>` folder."""
     if options.resume:
-        candidates = [root / spec.name]
-        if options.timestamp_name and root.is_dir():
-            candidates = sorted(root.glob(f"{spec.name}-*"), key=lambda p: p.name, reverse=True) + candidates
+        candidates = [root.child(spec.name)]
+        if options.timestamp_name:
+            stamped = [name for name in root.children() if name.startswith(f"{spec.name}-")]
+            candidates = [root.child(name) for name in sorted(stamped, reverse=True)] + candidates
         for candidate in candidates:
             if _restorable(candidate):
                 spec.name = candidate.name
@@ -91,7 +83,7 @@ def resolve_sweep_dir(spec: SweepSpec, options: SweepOptions, root: Path) -> Pat
         raise ConfigError(f"--resume: no interrupted sweep named {spec.name!r} under {root} (pass its --name)")
     if options.timestamp_name:
         spec.name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder = root / spec.name
+    folder = root.child(spec.name)
     if _restorable(folder):
         raise ConfigError(f"{folder} already holds sweep {spec.name!r}; pass --resume to continue it or choose --name")
     return folder
@@ -165,15 +157,7 @@ def _close_running_children(tracking: Any, parent_run_id: str) -> None:
             tracking.finish(run.info.run_id, "KILLED")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as out:
-        out.write(text)
-    os.replace(temporary, path)
-
-
-def summarize_sweep(tracking: Any, parent_run_id: str, title: str, sweep_dir: Path) -> str:
+def summarize_sweep(tracking: Any, parent_run_id: str, title: str, sweep_dir: Storage) -> str:
     """Summarise the sweep's child runs (mean ± std per configuration) onto the parent run and into the sweep
     folder; returns the Markdown."""
     from ltray.tracking.artifacts import log_sweep_summary, summary_csv, sweep_summary_rows
@@ -184,8 +168,8 @@ def summarize_sweep(tracking: Any, parent_run_id: str, title: str, sweep_dir: Pa
     markdown = sweep_markdown(rows, title)
     csv_text = summary_csv(rows)
     log_sweep_summary(tracking.client, parent_run_id, rows, markdown, csv_text)
-    _write_atomic(sweep_dir / SUMMARY_MD, markdown)
-    _write_atomic(sweep_dir / SUMMARY_CSV, csv_text)
+    sweep_dir.child(SUMMARY_MD).write_text(markdown)
+    sweep_dir.child(SUMMARY_CSV).write_text(csv_text)
     return markdown
 
 
@@ -214,7 +198,7 @@ def trial_resources(spec: SweepSpec) -> dict[str, float]:
     return {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker, "memory": DRIVER_MEMORY_BYTES}
 
 
-def _new_tuner(spec: SweepSpec, trials: list[Trial], trainable: Any, root: Path, concurrent: int,
+def _new_tuner(spec: SweepSpec, trials: list[Trial], trainable: Any, root: Storage, concurrent: int,
                callback: Any) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -239,7 +223,7 @@ def _new_tuner(spec: SweepSpec, trials: list[Trial], trainable: Any, root: Path,
             trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
-            name=spec.name, storage_path=str(root), verbose=1, callbacks=[callback],
+            name=spec.name, storage_path=root.uri, verbose=1, callbacks=[callback],
             # in-process trials are retried by Tune (Ray Train retries its own workers)
             failure_config=tune.FailureConfig(max_failures=spec.max_failures if spec.resources.in_process else 0),
         ),
@@ -270,7 +254,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
         runtime.use_token_auth_when_available()
     from ray import tune
 
-    root = storage_root(options.storage)
+    root = resolve_storage(options.storage)
     sweep_dir = resolve_sweep_dir(spec, options, root)
     preflight(trials)
     connection = runtime.connect(options.address, dashboard_host=options.dashboard_host,
@@ -297,7 +281,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
             echo(line)
         echo(f"storage: {sweep_dir}")
         settings = TrainSettings(
-            storage_path=str(sweep_dir / TRAIN_RUNS), workers=spec.resources.workers,
+            storage_path=sweep_dir.child(TRAIN_RUNS).uri, workers=spec.resources.workers,
             cpus_per_worker=spec.resources.cpus_per_worker, gpus_per_worker=spec.resources.gpus_per_worker,
             max_failures=spec.max_failures, knn_every=1 if spec.asha is not None else 0,
         )
@@ -306,7 +290,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
         trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(spec))
         if options.resume:
             echo(f"resuming {sweep_dir}: finished trials are kept, the others continue from their checkpoints")
-            tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
+            tuner = tune.Tuner.restore(sweep_dir.uri, trainable=trainable, resume_errored=True)
         else:
             callback = _tune_callback(tracking_uri, spec.experiment, parent_run_id)
             tuner = _new_tuner(spec, trials, trainable, root, concurrent, callback)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ltray.cluster.storage import Storage
 from ltray.config import Config, config_from_dict
 from ltray.eval.knn import knn_monitor
 from ltray.errors import CheckpointError
@@ -59,15 +60,16 @@ class EpochLogger:
     ranks, with the newest checkpoint file on checkpoint epochs.
 
     In-process mode (`keep_checkpoints` set: a run inside the calling process, no Ray Train): the checkpoints stay
-    in the run folder (the newest `keep_checkpoints` of them are kept) and the metrics go to `ray.tune.report`
-    when `tune_reports`."""
+    in the run folder (the newest `keep_checkpoints` of them are kept), are copied to `mirror` when the run folder
+    is a local stand-in for a URI storage, and the metrics go to `ray.tune.report` when `tune_reports`."""
 
     def __init__(self, target: MlflowTarget | None, run_dir: Path, *, keep_checkpoints: int | None = None,
-                 tune_reports: bool = False) -> None:
+                 tune_reports: bool = False, mirror: RunMirror | None = None) -> None:
         self.target = target
         self.run_dir = run_dir
         self.keep_checkpoints = keep_checkpoints
         self.tune_reports = tune_reports
+        self.mirror = mirror
         self.rank = dist_utils.rank()
         self.logged_steps: set[int] = set()
         self.uploaded: set[str] = set()
@@ -115,6 +117,8 @@ class EpochLogger:
         if checkpoint_dir is not None and self.keep_checkpoints:
             for old in sorted(checkpoint_dir.glob("epoch_*.pt"))[: -self.keep_checkpoints]:
                 old.unlink()
+        if checkpoint_dir is not None and self.mirror is not None:
+            self.mirror.push(self.run_dir)
         if self.tune_reports:
             import ray.tune
 
@@ -128,6 +132,45 @@ class EpochLogger:
             if path.is_file() and path.name not in self.uploaded:
                 self._tracking.client.log_artifact(self.target.run_id, str(path), ARTIFACT_FOLDER)
                 self.uploaded.add(path.name)
+
+
+class RunMirror:
+    """The storage copy of an in-process run whose storage is a URI (`s3://...`): the run trains in a local
+    scratch folder; after each checkpoint epoch the new checkpoints and `metrics.jsonl` are uploaded to
+    `<storage>/<run>/` and the checkpoints no longer kept locally are deleted there, so the storage always holds
+    the newest ones. A retried or resumed run first downloads the newest checkpoint."""
+
+    def __init__(self, remote: Storage) -> None:
+        self.remote = remote
+        self.checkpoints = remote.child("checkpoints")
+
+    def restore(self, run_dir: Path) -> Path | None:
+        """Download the newest stored checkpoint into `run_dir/checkpoints`; returns it (None: nothing stored)."""
+        names = [name for name in self.checkpoints.children() if name.startswith("epoch_") and name.endswith(".pt")]
+        if not names:
+            return None
+        target = run_dir / "checkpoints" / max(names)
+        self.checkpoints.child(max(names)).download(target)
+        return target
+
+    def push(self, run_dir: Path) -> None:
+        from ltray.train.loop import METRICS_FILE
+
+        local = {path.name: path for path in (run_dir / "checkpoints").glob("epoch_*.pt")}
+        stored = set(self.checkpoints.children())
+        for name in sorted(set(local) - stored):
+            self.checkpoints.child(name).upload(local[name])
+        for name in sorted(stored - set(local)):
+            if name.startswith("epoch_"):
+                self.checkpoints.child(name).delete()
+        if (run_dir / METRICS_FILE).is_file():
+            self.remote.child(METRICS_FILE).upload(run_dir / METRICS_FILE)
+
+    def checkpoint(self) -> Any:
+        """The stored checkpoints folder as a `ray.train.Checkpoint` (its newest file is the run's last)."""
+        import ray.train
+
+        return ray.train.Checkpoint(self.checkpoints.fs_path, filesystem=self.checkpoints.filesystem)
 
 
 def restore_from_ray(trainer: Any) -> bool:
@@ -204,17 +247,31 @@ def fit_in_process(cfg: Config, run_name: str, settings: TrainSettings, mlflow: 
                    *, tune_reports: bool = True) -> InProcessResult:
     """One pre-training in the calling process (a sweep with `workers_per_trial: 0`): no Ray Train worker group,
     which saves its start-up (several actors) on small CPU trials. The run folder and its checkpoints are
-    `settings.storage_path/run_name` (shared storage on a cluster); a retried or resumed trial continues from the
-    newest checkpoint there, and MLflow keeps every epoch once, as with Ray Train."""
+    `settings.storage_path/run_name` (shared storage on a cluster; on a URI storage a local scratch folder copied
+    there after each checkpoint, `RunMirror`); a retried or resumed trial continues from the newest checkpoint
+    there, and MLflow keeps every epoch once, as with Ray Train."""
+    storage = Storage(settings.storage_path)
+    if storage.is_local:
+        return _fit_in_folder(cfg, run_name, settings, mlflow, settings.storage_path, None, tune_reports)
+    scratch = tempfile.mkdtemp(prefix="ltray-run-")
+    try:
+        return _fit_in_folder(cfg, run_name, settings, mlflow, scratch, RunMirror(storage.child(run_name)),
+                              tune_reports)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fit_in_folder(cfg: Config, run_name: str, settings: TrainSettings, mlflow: MlflowTarget | None,
+                   output_dir: str, mirror: RunMirror | None, tune_reports: bool) -> InProcessResult:
     import ray.train
 
     from ltray.train.loop import Pretrainer
 
-    run_cfg = cfg.replace({"run.output_dir": settings.storage_path, "run.name": run_name, "run.progress": "off"})
+    run_cfg = cfg.replace({"run.output_dir": output_dir, "run.name": run_name, "run.progress": "off"})
     logger = EpochLogger(mlflow, run_cfg.run_dir, keep_checkpoints=settings.keep_checkpoints,
-                         tune_reports=tune_reports and _in_tune_session())
+                         tune_reports=tune_reports and _in_tune_session(), mirror=mirror)
     trainer = Pretrainer(run_cfg, reporter=logger)
-    latest = latest_checkpoint(trainer.ckpt_dir)
+    latest = mirror.restore(run_cfg.run_dir) if mirror is not None else latest_checkpoint(trainer.ckpt_dir)
     if latest is not None:
         trainer.resume_from(latest)
     if trainer.mlflow_run_id is None and mlflow is not None:
@@ -225,8 +282,11 @@ def fit_in_process(cfg: Config, run_name: str, settings: TrainSettings, mlflow: 
     knn_every = settings.knn_every or cfg.eval.knn_every
     monitor = knn_monitor(trainer.data, knn_every, cfg.eval.knn_k) if knn_every > 0 else None
     result = trainer.run(monitor=monitor)
-    return InProcessResult(ray.train.Checkpoint.from_directory(str(result.checkpoint.parent)),
-                           dict(result.history[-1]) if result.history else {})
+    metrics = dict(result.history[-1]) if result.history else {}
+    if mirror is not None:
+        mirror.push(run_cfg.run_dir)
+        return InProcessResult(mirror.checkpoint(), metrics)
+    return InProcessResult(ray.train.Checkpoint.from_directory(str(result.checkpoint.parent)), metrics)
 
 
 def fit_training(cfg: Config, run_name: str, settings: TrainSettings, mlflow: MlflowTarget | None = None,

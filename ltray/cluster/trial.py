@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ltray.cluster.grid import Trial
+from ltray.cluster.storage import Storage
 from ltray.cluster.train_worker import InProcessResult, MlflowTarget, TrainSettings, fit_training
 from ltray.config import Config, config_from_dict
 from ltray.errors import CheckpointError, LtrayError
@@ -121,8 +122,9 @@ def log_evaluation(tracking: SweepTracking, run_id: str, report: dict[str, Any])
 
 
 def sweep_folder(settings: TrainSettings) -> Path:
-    """The sweep's folder: the parent of its Ray Train storage (`<storage>/<sweep>/train_runs`)."""
-    return Path(settings.storage_path).parent
+    """The sweep's folder, the parent of its Ray Train storage (`<storage>/<sweep>/train_runs`), for MAK's folders:
+    a path (the preflight refuses MAK trials on a URI storage, `check_mak_storage`)."""
+    return Storage(settings.storage_path).parent.local_path
 
 
 def mak_pool_folder(cfg: Config, sweep_dir: Path) -> Path:

@@ -6,7 +6,9 @@ else, and each runs in its own PID and mount namespace (`unshare --pid --mount -
   run inside node A's namespaces (`TwoNodeCluster.run_on_head`), as a user would run them on the head machine;
 - the worker (node B, `10.231.7.2`) joins with `ray start --address`; it mounts an empty tmpfs over the driver's
   working folder, node A's Ray temp dir and /dev/shm, so a file that is not on the shared folder is invisible to it;
-- the shared folder (`shared`) is the only folder both nodes see that the test owns: shared storage.
+- the shared folder (`shared`) is the only folder both nodes see that the test owns: shared storage;
+- an S3-compatible server can run on the head (`TwoNodeCluster.start_s3`, moto_server on `10.231.7.1:9000`); both
+  nodes and the drivers have its credentials and endpoint in their environment, as nodes configured for S3 would.
 
 Stopping a node kills the first process of its PID namespace, which makes the kernel end every process in it
 (raylet, GCS, workers, drivers, the MLflow server); the namespaces and the veth pair are then deleted. Each step
@@ -29,6 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.cluster.s3server import create_bucket_code, moto_argv, s3_env
+
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 SUBNET = "10.231.7"
@@ -36,6 +40,8 @@ HEAD_IP = f"{SUBNET}.1"
 WORKER_IP = f"{SUBNET}.2"
 GCS_PORT = 6379
 MLFLOW_PORT = 5000
+S3_PORT = 9000
+S3_ENDPOINT = f"http://{HEAD_IP}:{S3_PORT}"
 START_TIMEOUT_S = 150.0
 
 
@@ -56,8 +62,8 @@ def unavailable_reason() -> str | None:
 
 def _fresh_environment(prefixes: tuple[str, ...]) -> dict[str, str]:
     """This process's environment as a fresh node or user would have it: without the given prefixes and without
-    a collective interface chosen by hand (the test process may have one from an earlier test)."""
-    dropped = (*prefixes, "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+    a collective interface or S3 settings chosen by hand (the test process may have them from an earlier test)."""
+    dropped = (*prefixes, "AWS_", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
     return {key: value for key, value in os.environ.items() if not key.startswith(dropped)}
 
 
@@ -146,7 +152,7 @@ class TwoNodeCluster:
         """Environment of a driver on the head node: token auth with the cluster's token, `RAY_ADDRESS`."""
         env = _fresh_environment(("RAY_", "MLFLOW_", "LTRAY_"))
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_path), RAY_ADDRESS=self.address,
-                   RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.25", PYTHONUNBUFFERED="1")
+                   RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.25", PYTHONUNBUFFERED="1", **s3_env(S3_ENDPOINT))
         env["PYTHONPATH"] = str(ROOT)
         env.update(extra)
         return env
@@ -184,6 +190,22 @@ class TwoNodeCluster:
                 return uri
             time.sleep(1.0)
         raise RuntimeError(f"the MLflow server on {uri} did not answer within {timeout_s:.0f} s:\n{log.read_text()}")
+
+    def start_s3(self, bucket: str, timeout_s: float = 60.0) -> str:
+        """moto_server on the head's address (it stops with the head node) with `bucket` created; returns
+        `s3://<bucket>/sweeps`."""
+        log = self.base / "s3.log"
+        server = self.start_on_head(moto_argv(HEAD_IP, S3_PORT), log)
+        probe = f"from tests.cluster.s3server import answers; raise SystemExit(0 if answers({S3_ENDPOINT!r}) else 1)"
+        deadline = time.monotonic() + timeout_s
+        while self.run_on_head([sys.executable, "-c", probe], cwd=ROOT, timeout=30).returncode != 0:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto_server on {S3_ENDPOINT} did not start:\n{log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        made = self.run_on_head([sys.executable, "-c", create_bucket_code(S3_ENDPOINT, bucket)], timeout=60)
+        if made.returncode != 0:
+            raise RuntimeError(f"could not create bucket {bucket}: {made.stderr[-2000:]}")
+        return f"s3://{bucket}/sweeps"
 
     def alive_nodes(self) -> int:
         """How many nodes `ray status` on the head lists as active."""
@@ -270,7 +292,8 @@ def start_two_node_cluster() -> TwoNodeCluster:
             _run(["ip", "-n", node.netns, "link", "set", link, "up"])
             _run(["ip", "-n", node.netns, "link", "set", "lo", "up"])
         env = _fresh_environment(("RAY_",))
-        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), PYTHONPATH=str(ROOT))
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), PYTHONPATH=str(ROOT),
+                   **s3_env(S3_ENDPOINT))
         _start_node(head, env, head=True)
         _wait_for_nodes(cluster, 1)
         _start_node(worker, env, head=False, hidden=(cluster.driver_dir, head.temp_dir, Path("/dev/shm")))

@@ -155,11 +155,11 @@ def test_a_mak_sweep_trial_runs_the_whole_pipeline(tmp_path: Path, monkeypatch: 
     assert child.info.status == "FINISHED" and json.loads(child.data.tags[TAG_FINAL_KEYS])
     assert child.data.tags["ltray.method"] == "mak"
 
-    selection = outcome.sweep_dir / MAK_FOLDER / trial
+    selection = outcome.sweep_dir.local_path / MAK_FOLDER / trial
     manifest = json.loads((selection / "selection.json").read_text())
     assert manifest["budget"] == BUDGET and len(manifest["positions"]) == BUDGET and manifest["R"] == 2
-    assert Path(manifest["pool"]) == outcome.sweep_dir / f"mak_pool_{POOL_SIZE}"
-    assert (outcome.sweep_dir / "train_runs" / f"{trial}_extractor").is_dir()
+    assert Path(manifest["pool"]) == outcome.sweep_dir.local_path / f"mak_pool_{POOL_SIZE}"
+    assert (outcome.sweep_dir.local_path / "train_runs" / f"{trial}_extractor").is_dir()
 
     cfg = spec.base.replace({"method.name": "mak", "data.split": 1})
     num_id = len(load_run_data(cfg).train.id_images)

@@ -48,6 +48,34 @@ def _child_runs(cluster, sweep: str) -> dict[str, str]:
     return dict(rows)
 
 
+def _loss_histories(cluster, sweep: str) -> dict[str, list[tuple[int, float]]]:
+    """trial name -> [(epoch, loss)] of the sweep's child runs, from the server's store."""
+    db = cluster.shared / "mlflow" / "mlflow.db"
+    histories: dict[str, list[tuple[int, float]]] = {}
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        for name in _child_runs(cluster, sweep):
+            rows = connection.execute(
+                "SELECT metrics.step, metrics.value FROM metrics JOIN runs ON runs.run_uuid = metrics.run_uuid "
+                "JOIN tags ON tags.run_uuid = runs.run_uuid WHERE runs.name = ? AND metrics.key = 'loss' "
+                "AND tags.key = ? AND tags.value = ? ORDER BY metrics.step", (name, TAG_SWEEP, sweep)).fetchall()
+            histories[name] = [(int(step), float(value)) for step, value in rows]
+    return histories
+
+
+def _train_worker_nodes(cluster) -> dict[str, set[str]]:
+    """placement group -> the nodes its Ray Train workers ran on, for every worker the cluster has had."""
+    code = ("import json; from ray.util.state import list_actors; "
+            "actors = list_actors(address=%r, filters=[('class_name', '=', 'RayTrainWorker')], detail=True, "
+            "limit=10000, raise_on_missing_output=False); "
+            "print(json.dumps([[a.placement_group_id, a.node_id] for a in actors]))" % cluster.address)
+    done = cluster.run_on_head([sys.executable, "-c", code], timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    groups: dict[str, set[str]] = {}
+    for group, node in json.loads(done.stdout.strip().splitlines()[-1]):
+        groups.setdefault(group, set()).add(node)
+    return groups
+
+
 def _assert_refused(done, seconds: float, *needles: str) -> str:
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2, done.stdout[-3000:] + done.stderr[-3000:]
@@ -60,9 +88,12 @@ def _assert_refused(done, seconds: float, *needles: str) -> str:
 
 def test_main_job_trains_one_worker_per_node(two_nodes):
     storage = two_nodes.shared / "storage"
+    groups_before = _train_worker_nodes(two_nodes)
     done, _ = _sweep(two_nodes, "twonode", "--workers-per-trial", "2", "--cpus-per-worker", "1",
                      "--mlflow-uri", two_nodes.tracking_uri, "--storage", str(storage))
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    groups = {g: nodes for g, nodes in _train_worker_nodes(two_nodes).items() if g not in groups_before}
+    assert len(groups) >= 2 and all(len(nodes) == 2 for nodes in groups.values()), groups  # one worker per node
     runs = _child_runs(two_nodes, "twonode")
     assert len(runs) == 2 and set(runs.values()) == {"FINISHED"}, runs
     for trial in runs:
@@ -70,6 +101,59 @@ def test_main_job_trains_one_worker_per_node(two_nodes):
         assert checkpoints and checkpoints[-1].name == "epoch_0002.pt", trial
     assert "| colt " in done.stdout and "| simclr " in done.stdout
     assert (storage / "twonode" / "summary.md").read_text().strip() in done.stdout
+
+
+def _s3_files(cluster, uri: str) -> list[str]:
+    """Every object under `uri`, listed from the head node (the test process is outside the cluster's network)."""
+    code = ("import json, pyarrow.fs as f; fs, path = f.FileSystem.from_uri(%r); "
+            "print(json.dumps([i.path for i in fs.get_file_info(f.FileSelector(path, recursive=True))]))" % uri)
+    done = cluster.run_on_head([sys.executable, "-c", code], timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def _s3_text(cluster, uri: str) -> str:
+    code = "import pyarrow.fs as f; fs, path = f.FileSystem.from_uri(%r); print(fs.open_input_stream(path).read().decode())"
+    done = cluster.run_on_head([sys.executable, "-c", code % uri], timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_main_job_with_storage_on_s3(two_nodes):
+    """The same sweep with its storage on an S3-compatible server on the head: checkpoints, Tune's state and the
+    summary are objects in the bucket; nothing is written to a local `s3:` folder. Its trials run two workers of
+    half a CPU each, packed by Ray Train onto one node (the two trials at once, one per node), which gives the
+    one-node side of the loss comparison below."""
+    storage = two_nodes.start_s3("ltray-sweeps")
+    groups_before = _train_worker_nodes(two_nodes)
+    done, _ = _sweep(two_nodes, "twonode-s3", "--workers-per-trial", "2", "--cpus-per-worker", "0.5",
+                     "--mlflow-uri", two_nodes.tracking_uri, "--storage", storage)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    groups = {g: nodes for g, nodes in _train_worker_nodes(two_nodes).items() if g not in groups_before}
+    assert len(groups) >= 2 and all(len(nodes) == 1 for nodes in groups.values()), groups  # both workers on one node
+    runs = _child_runs(two_nodes, "twonode-s3")
+    assert len(runs) == 2 and set(runs.values()) == {"FINISHED"}, runs
+    files = _s3_files(two_nodes, storage)
+    for trial in runs:
+        checkpoints = sorted(path for path in files if f"/twonode-s3/train_runs/{trial}/checkpoint_" in path
+                             and path.endswith(".pt"))
+        assert checkpoints and checkpoints[-1].endswith("/epoch_0002.pt"), (trial, files)
+    assert "ltray-sweeps/sweeps/twonode-s3/tuner.pkl" in files
+    assert f"summary: {storage}/twonode-s3/summary.md" in done.stdout
+    assert _s3_text(two_nodes, f"{storage}/twonode-s3/summary.md").strip() in done.stdout
+    assert not (two_nodes.driver_dir / "s3:").exists()
+
+
+def test_two_workers_give_the_same_losses_across_nodes_and_on_one_node(two_nodes):
+    """The two sweeps above train the same trial configurations with two DDP workers: one worker per node over the
+    veth link, and both workers on one node. Every epoch's loss is the same."""
+    across, one_node = _loss_histories(two_nodes, "twonode"), _loss_histories(two_nodes, "twonode-s3")
+    if not across or not one_node:
+        pytest.skip("needs the two main-job sweeps of this module (run the whole module)")
+    assert set(across) == set(one_node) and len(across) == 2
+    for trial, history in across.items():
+        assert [epoch for epoch, _ in history] == [1, 2], history
+        assert [loss for _, loss in history] == pytest.approx([loss for _, loss in one_node[trial]], rel=1e-6), trial
 
 
 def test_unshared_storage_is_refused_before_training(two_nodes):

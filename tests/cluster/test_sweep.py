@@ -1,4 +1,4 @@
-"""Sweep plumbing that needs no cluster: storage root, sweep folder naming, where-to-watch lines, Ctrl-C detection."""
+"""Sweep plumbing that needs no cluster: sweep folder naming, where-to-watch lines, Ctrl-C detection."""
 
 from __future__ import annotations
 
@@ -8,28 +8,21 @@ import signal
 import pytest
 
 from ltray.cluster.grid import SweepSpec
-from ltray.cluster.sweep import InterruptWatch, SweepOptions, resolve_sweep_dir, storage_root, watch_lines
+from ltray.cluster.storage import Storage
+from ltray.cluster.sweep import InterruptWatch, SweepOptions, resolve_sweep_dir, watch_lines
 from ltray.config import Config
 from ltray.errors import ConfigError
 
 
-def test_storage_root_precedence(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("LTRAY_STORAGE", raising=False)
-    assert storage_root(None) == tmp_path / "ray_results"
-    monkeypatch.setenv("LTRAY_STORAGE", "/mnt/ltray")
-    assert str(storage_root(None)) == "/mnt/ltray"
-    assert storage_root("here") == tmp_path / "here"
-
-
 def test_fresh_sweeps_get_a_timestamp_and_resume_needs_a_sweep(tmp_path):
+    root = Storage(str(tmp_path))
     spec = SweepSpec(name="colt", experiment="e", base=Config())
-    folder = resolve_sweep_dir(spec, SweepOptions(timestamp_name=True), tmp_path)
-    assert folder.parent == tmp_path and folder.name.startswith("colt-") and spec.name == folder.name
+    folder = resolve_sweep_dir(spec, SweepOptions(timestamp_name=True), root)
+    assert folder.parent == root and folder.name.startswith("colt-") and spec.name == folder.name
     named = SweepSpec(name="mine", experiment="e", base=Config())
-    assert resolve_sweep_dir(named, SweepOptions(), tmp_path) == tmp_path / "mine"
+    assert resolve_sweep_dir(named, SweepOptions(), root) == Storage(str(tmp_path / "mine"))
     with pytest.raises(ConfigError, match="--resume: no interrupted sweep named 'mine'"):
-        resolve_sweep_dir(named, SweepOptions(resume=True), tmp_path)
+        resolve_sweep_dir(named, SweepOptions(resume=True), root)
 
 
 def test_watch_lines_point_at_the_dashboard_and_the_experiment():
