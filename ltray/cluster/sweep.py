@@ -242,7 +242,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
     """Run (or resume) a sweep end to end and return its outcome; user errors raise LtrayError before training."""
     from ltray.tracking.artifacts import log_sweep_grid
     from ltray.tracking.runs import TAG_GIT_COMMIT, SweepTracking
-    from ltray.tracking.store import check_tracking_reachable, resolve_tracking_uri
+    from ltray.tracking.store import check_tracking_reachable, create_sqlite_store, resolve_tracking_uri
 
     trials = expand_trials(spec)
     tracking_uri = resolve_tracking_uri(options.mlflow_uri, Path.cwd())
@@ -264,6 +264,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
         configs = [trial.build_config() for trial in trials]
         check_cluster(configs, root, tracking_uri, cpus_per_worker=spec.resources.cpus_per_worker,
                       gpus_per_worker=spec.resources.gpus_per_worker)
+        create_sqlite_store(tracking_uri)
         tracking = SweepTracking(tracking_uri, spec.experiment)
         if not options.resume and tracking.find_parent(spec.name) is not None:
             raise ConfigError(

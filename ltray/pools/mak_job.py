@@ -182,10 +182,11 @@ def _check_output(out: Path) -> None:
 
 
 def _tracking_uri(uri: str) -> str:
-    from ltray.tracking.store import check_tracking_reachable, resolve_tracking_uri
+    from ltray.tracking.store import check_tracking_reachable, create_sqlite_store, resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(uri, Path.cwd())
     check_tracking_reachable(tracking_uri)
+    create_sqlite_store(tracking_uri)
     return tracking_uri
 
 

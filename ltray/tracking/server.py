@@ -1,6 +1,9 @@
 """A real `mlflow server` subprocess for local sweeps and tests: SQLite backend, proxied artifacts, 127.0.0.1.
 
-`python -m ltray.tracking.server --store DIR [--port P] [--host H]` runs one in the foreground until Ctrl-C.
+`python -m ltray.tracking.server --store DIR [--port P] [--host H]` runs one in the foreground until Ctrl-C,
+SIGTERM or SIGHUP. The server runs under `ltray.guard` in a process group of its own, so stopping the wrapper (any
+of those signals) stops the server and its workers, and a wrapper that dies without a chance to clean up (SIGKILL)
+takes them along within a second.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pathlib import Path
 from types import TracebackType
 
 from ltray.errors import LtrayError
-from ltray.tracking.store import check_tracking_reachable, sqlite_uri
+from ltray.guard import guarded
+from ltray.tracking.store import check_tracking_reachable, create_sqlite_store, sqlite_uri
 
 LOCALHOST = "127.0.0.1"
 LOG_TAIL_LINES = 30
@@ -104,6 +108,7 @@ class MlflowServer:
         if self._process is not None:
             raise LtrayError("the MLflow server is already running")
         check_tracking_reachable(self.backend_store_uri)
+        create_sqlite_store(self.backend_store_uri)
         try:
             (self.store_dir / "artifacts").mkdir(exist_ok=True)
             if self.port is None:
@@ -113,7 +118,7 @@ class MlflowServer:
         _require_free(self._probe_host(), self.port)
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                self.command(),
+                guarded(self.command()),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -164,7 +169,7 @@ class MlflowServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """Stop the server's process group (the server and its uvicorn worker): SIGTERM, then SIGKILL."""
+        """Stop the server's process group (guard, server and its uvicorn worker): SIGTERM, then SIGKILL."""
         process = self._process
         if process is None:
             return
@@ -216,14 +221,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ltray: error: {error}", file=sys.stderr)
         return 2
     print(f"MLflow tracking server: {uri}  (store {server.store_dir}; log {server.log_path}); Ctrl-C stops it", flush=True)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
         while server.is_running():
             time.sleep(1.0)
     except KeyboardInterrupt:
         pass
     finally:
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
         server.stop()
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

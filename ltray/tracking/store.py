@@ -10,6 +10,7 @@ import base64
 import os
 import socket
 import sqlite3
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -196,3 +197,39 @@ def _check_sql_server(uri: str, timeout_s: float) -> None:
         raise LtrayError(
             f"MLflow tracking database at {parsed.hostname}:{port} is not reachable: {error.strerror or error}"
         ) from None
+
+
+STORE_CREATION_TIMEOUT_S = 30.0
+
+
+def create_sqlite_store(uri: str, timeout_s: float = STORE_CREATION_TIMEOUT_S) -> None:
+    """Create the tables of a new SQLite store now, once, from the process that checked it (the sweep's driver, the
+    tracking server's wrapper), before trial processes or a second tool open it: two processes that both find an
+    empty file both create tables, and the slower one fails ('table ... already exists'). Other URIs: nothing to do.
+
+    ltray processes take turns through a lock on the store's folder; a process outside ltray (`mlflow ui` started
+    at the same moment) may still race, so a failed creation is retried until the store opens, for `timeout_s`."""
+    import fcntl
+
+    if urllib.parse.urlsplit(uri).scheme.lower() != "sqlite":
+        return
+    db_path = sqlite_path(uri)
+    if db_path.is_file() and {"experiments", "runs"} <= _sqlite_tables(db_path):
+        return
+    from mlflow.tracking import MlflowClient
+
+    folder = os.open(db_path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                MlflowClient(uri).search_experiments(max_results=1)
+                return
+            except Exception as error:  # MLflow wraps SQLAlchemy's errors in several ways
+                if time.monotonic() > deadline:
+                    reason = " ".join(str(error).split())[:300]
+                    raise LtrayError(f"could not create the MLflow store {db_path}: {reason}") from None
+                time.sleep(1.0)
+    finally:
+        os.close(folder)

@@ -1,7 +1,8 @@
 """Shared real services for the cluster tests: one Ray head (`ray start --head --block` on 127.0.0.1, every port
 chosen free, its own temp dir, token authentication with its own token file) and one `mlflow server`, each started
-on first use and stopped at the end of the session. The head is stopped through the `ray start --block` process this file started (SIGTERM makes it stop the
-processes of its cluster), then its process group is killed; no other Ray instance on the machine is touched."""
+on first use and stopped at the end of the session. The head runs under `ltray.guard`: SIGTERM to the guard reaches
+`ray start --block` (which then stops the processes of its cluster), then the group is killed; if the test process
+dies without a teardown, the guard stops the head all the same. No other Ray instance on the machine is touched."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from ltray.guard import guarded
 from ltray.tracking.server import MlflowServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,8 +106,8 @@ def ray_head() -> Iterator[RayHead]:
     address = f"{LOCALHOST}:{port}"
     env = dict(os.environ, RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.25", RAY_ADDRESS=address, **auth_env(token_path))
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, env=env)
+        process = subprocess.Popen(guarded(command), stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True, env=env)
     try:
         _wait_for_head(address, process, log_path, token_path)
         yield RayHead(address, f"http://{LOCALHOST}:{dashboard}", temp_dir, process, log_path, token_path)

@@ -11,7 +11,8 @@ else, and each runs in its own PID and mount namespace (`unshare --pid --mount -
   nodes and the drivers have its credentials and endpoint in their environment, as nodes configured for S3 would.
 
 Stopping a node kills the first process of its PID namespace, which makes the kernel end every process in it
-(raylet, GCS, workers, drivers, the MLflow server); the namespaces and the veth pair are then deleted. Each step
+(raylet, GCS, workers, drivers, the MLflow server); the namespaces and the veth pair are then deleted. Each node
+runs under `ltray.guard`, so a test process that dies without its teardown still takes the nodes along. Each step
 of the teardown runs even when an earlier one failed.
 """
 
@@ -31,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ltray.guard import guarded
 from tests.cluster.s3server import create_bucket_code, moto_argv, s3_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,10 +75,10 @@ def _run(argv: Sequence[str]) -> None:
         raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
 
 
-def _namespace_init(unshare_pid: int, timeout_s: float = 10.0) -> int:
-    """The first process of the PID namespace that `unshare --fork` (pid `unshare_pid`) made."""
+def _first_child(pid: int, timeout_s: float = 10.0) -> int:
+    """The first child of process `pid` (of `unshare --fork`: the first process of its PID namespace)."""
     deadline = time.monotonic() + timeout_s
-    children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children")
+    children = Path(f"/proc/{pid}/task/{pid}/children")
     while time.monotonic() < deadline:
         try:
             pids = children.read_text().split()
@@ -85,7 +87,7 @@ def _namespace_init(unshare_pid: int, timeout_s: float = 10.0) -> int:
         if pids:
             return int(pids[0])
         time.sleep(0.05)
-    raise RuntimeError(f"unshare (pid {unshare_pid}) started no namespace within {timeout_s:.0f} s")
+    raise RuntimeError(f"process {pid} started no child within {timeout_s:.0f} s")
 
 
 @dataclass
@@ -247,11 +249,11 @@ def _start_node(node: Node, cluster_env: dict[str, str], *, head: bool, hidden: 
     node.temp_dir.mkdir(parents=True, exist_ok=True)
     with node.log_path.open("wb") as log:
         node.process = subprocess.Popen(
-            ["ip", "netns", "exec", node.netns, "unshare", "--pid", "--mount", "--fork", "--mount-proc",
-             "--kill-child", "sh", "-c", script],
+            guarded(["ip", "netns", "exec", node.netns, "unshare", "--pid", "--mount", "--fork", "--mount-proc",
+                     "--kill-child", "sh", "-c", script]),
             env=cluster_env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
-    node.init_pid = _namespace_init(node.process.pid)
+    node.init_pid = _first_child(_first_child(node.process.pid))  # guard -> unshare -> the namespace's first process
 
 
 def _wait_for_nodes(cluster: TwoNodeCluster, count: int) -> None:

@@ -1,5 +1,6 @@
 """A real S3-compatible server for the storage tests: moto's standalone server (`moto_server`, from the `moto[server]`
-test dependency), started as its own process on an address the test chooses and stopped by its process group.
+test dependency), started under `ltray.guard` on an address the test chooses and stopped by its process group (or
+by the guard, when the test process dies first).
 
 Clients reach it as they would reach S3: credentials and the endpoint in the environment (`s3_env`), which
 pyarrow (and so Ray Train and ltray) reads on every node; the EC2 metadata lookup is switched off so that nothing
@@ -18,6 +19,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from ltray.guard import guarded
 
 MOTO_SERVER = str(Path(sys.executable).with_name("moto_server"))
 START_TIMEOUT_S = 60.0
@@ -60,7 +63,7 @@ def local_s3_server(port: int, log_path: Path) -> Iterator[str]:
     """moto_server on 127.0.0.1:`port`; yields its endpoint once it answers; stops its whole process group."""
     endpoint = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(moto_argv("127.0.0.1", port), stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(guarded(moto_argv("127.0.0.1", port)), stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True,
                                    env={**os.environ, **s3_env(endpoint)})
     try:

@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from ltray.errors import LtrayError
 from ltray.tracking.server import MlflowServer, free_port, main
-from ltray.tracking.store import check_tracking_reachable
+from ltray.tracking.store import check_tracking_reachable, create_sqlite_store
 
 
 def test_command_binds_loopback_with_sqlite_and_proxied_artifacts(tmp_path: Path) -> None:
@@ -77,3 +83,73 @@ def test_cli_entry_reports_a_bad_store_and_exits_2(tmp_path: Path, capsys: pytes
     error = capsys.readouterr().err
     assert error.startswith("ltray: error: the MLflow store ") and "not an SQLite database" in error
     assert error.count("\n") == 1
+
+
+def _wait_until_answers(uri: str, wrapper: subprocess.Popen[bytes], timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            check_tracking_reachable(uri, timeout_s=2.0)
+            return
+        except LtrayError:
+            if wrapper.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_stopping_the_wrapper_stops_the_server_and_its_workers(tmp_path: Path, signum: signal.Signals) -> None:
+    """`python -m ltray.tracking.server` stopped with SIGTERM (a clean stop) or SIGKILL (no chance to clean up):
+    within 15 s nothing listens on its port and no process it started remains."""
+    import psutil
+
+    port = free_port()
+    wrapper = subprocess.Popen([sys.executable, "-m", "ltray.tracking.server", "--store", str(tmp_path),
+                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    try:
+        _wait_until_answers(f"http://127.0.0.1:{port}", wrapper)
+        started = psutil.Process(wrapper.pid).children(recursive=True)
+        assert any("mlflow" in " ".join(p.cmdline()) for p in started), [p.cmdline() for p in started]
+        wrapper.send_signal(signum)
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline:
+            alive = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            if not alive and not _port_open(port):
+                break
+            time.sleep(0.2)
+        assert not _port_open(port), "the server still listens"
+        assert not alive, [p.cmdline() for p in alive]
+        assert wrapper.wait(timeout=15) == (0 if signum == signal.SIGTERM else -signal.SIGKILL)
+    finally:
+        if wrapper.poll() is None:
+            os.killpg(wrapper.pid, signal.SIGKILL)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_new_sqlite_store_is_created_once_before_use(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    create_sqlite_store(uri)
+    tables = {row[0] for row in sqlite3.connect(tmp_path / "mlflow.db").execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"experiments", "runs", "metrics"} <= tables
+    before = (tmp_path / "mlflow.db").stat().st_mtime_ns
+    create_sqlite_store(uri)  # an existing store is left alone
+    assert (tmp_path / "mlflow.db").stat().st_mtime_ns == before
+    create_sqlite_store("http://127.0.0.1:1")  # nothing to create for a server
+
+
+@pytest.mark.slow
+def test_two_processes_creating_one_new_store_both_succeed(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = f"from ltray.tracking.store import create_sqlite_store; create_sqlite_store({uri!r})"
+    processes = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE) for _ in range(2)]
+    outcomes = [(p.wait(timeout=180), p.stderr.read().decode()) for p in processes]
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    check_tracking_reachable(uri)
