@@ -92,6 +92,37 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # ----- pools and MAK ------------------------------------------------------------------------------------------
+def cmd_sync(args: argparse.Namespace) -> int:
+    """`ltray sync`: every trial journal of the sweep, then its summary and status, to MLflow; exit 3 (one line)
+    while MLflow does not answer."""
+    from ltray.cluster.summary import sweep_title
+    from ltray.cluster.sweep import EXIT_TRACKING_PENDING, summarize_sweep
+    from ltray.storage import resolve_storage
+    from ltray.tracking.store import check_tracking_reachable, resolve_tracking_uri
+    from ltray.tracking.sync import close_unfinished, read_sweep_record, sync_sweep
+
+    sweep_dir = resolve_storage(args.storage).child(args.sweep)
+    record = read_sweep_record(sweep_dir)
+    uri = resolve_tracking_uri(args.mlflow_uri or record.tracking_uri, Path.cwd())
+    closed = close_unfinished(sweep_dir, record.grid, "KILLED")
+    markdown, csv_text, rows = summarize_sweep(sweep_dir, record.grid, sweep_title(record.name))
+    try:
+        check_tracking_reachable(uri)
+    except LtrayError as error:
+        if args.wait <= 0:
+            print(f"ltray: error: {error}; nothing sent, run ltray sync again when it answers", file=sys.stderr)
+            return EXIT_TRACKING_PENDING
+    record.tracking_uri = uri
+    result = sync_sweep(sweep_dir, record, uri, markdown, csv_text, rows, wait_s=args.wait, echo=print)
+    if not result.complete:
+        print(f"ltray: error: MLflow at {uri} did not answer ({result.reason}); {len(result.pending)} trial run(s) "
+              "still to send; run ltray sync again when it answers", file=sys.stderr)
+        return EXIT_TRACKING_PENDING
+    closing = f"; {len(closed)} run(s) that never ended closed as KILLED" if closed else ""
+    print(f"sweep {record.name}: {len(result.sent)} trial run(s) and the summary are in MLflow at {uri}{closing}")
+    return 0
+
+
 def cmd_pool_import(args: argparse.Namespace) -> int:
     from ltray.pools.store import import_pool
 
@@ -192,6 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--sweep", help="sweep name in MLflow")
     rep.add_argument("--mlflow-uri", help="tracking URI (default: sqlite mlflow.db in the current folder)")
     rep.set_defaults(func=cmd_report)
+
+    sync = sub.add_parser("sync", help="send what a sweep recorded while MLflow was unreachable (idempotent)")
+    sync.add_argument("--sweep", required=True, help="the sweep's name (its folder under the storage root)")
+    sync.add_argument("--storage", help="the sweep's storage root: a path or a URI (default: $LTRAY_STORAGE, else "
+                                        "./ray_results)")
+    sync.add_argument("--mlflow-uri", help="tracking URI (default: the one the sweep used)")
+    sync.add_argument("--wait", type=float, default=0.0,
+                      help="seconds to keep trying while MLflow does not answer (default 0: one attempt)")
+    sync.set_defaults(func=cmd_sync)
 
     pool = sub.add_parser("pool", help="import or inspect unlabeled pools")
     psub = pool.add_subparsers(dest="pool_command", required=True)

@@ -170,4 +170,16 @@ def run_script(
         print(f"{prog}: trial failed: {error}", file=sys.stderr)
     if outcome.interrupted:
         print(f"{prog}: interrupted; continue with --resume --name {outcome.name}", file=sys.stderr)
+    if outcome.tracking_pending is not None:
+        print(f"{prog}: error: {tracking_pending_line(outcome)}", file=sys.stderr)
     return outcome.exit_code
+
+
+def tracking_pending_line(outcome: Any) -> str:
+    """One line for a sweep whose records did not all reach MLflow: the server, where they wait, the command that
+    sends them."""
+    pending = outcome.tracking_pending
+    what = f"{len(pending.pending)} trial run(s)" if pending.pending else "the sweep's summary"
+    return (f"MLflow at {outcome.tracking_uri} did not answer ({pending.reason}); {what} not fully recorded, kept "
+            f"in {outcome.sweep_dir.child('tracking')}; send them later with: ltray sync --sweep {outcome.name} "
+            f"--storage {outcome.sweep_dir.parent} --mlflow-uri {outcome.tracking_uri}")

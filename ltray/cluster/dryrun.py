@@ -27,7 +27,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
 
 from ltray.cluster.grid import SPLIT_KEY, SweepSpec, Trial, expand_trials, max_concurrent_trials
 from ltray.config import LIST_DATASETS, Config

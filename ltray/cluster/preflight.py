@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltray.cluster.storage import Storage, storage_error
+from ltray.storage import Storage, storage_error
 from ltray.errors import ConfigError, LtrayError
 
 PREFLIGHT_TIMEOUT_S = 60.0

@@ -12,11 +12,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ltray.cluster.interfaces import SETUP_HOOK
 from ltray.errors import LtrayError
 
 LOCALHOST = "127.0.0.1"
+SETTINGS_PREFIX = "LTRAY_"
 HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 HEALTH_CHECK_INTERVAL_S = "0.25"
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
@@ -77,7 +79,10 @@ def connect(
         return RayConnection(address=context.gcs_address, dashboard_url=_dashboard(_current_dashboard()),
                              started_here=False)
     local = address in (None, "", "local")
-    runtime_env = {"worker_process_setup_hook": SETUP_HOOK}
+    runtime_env: dict[str, Any] = {"worker_process_setup_hook": SETUP_HOOK}
+    settings = {key: value for key, value in os.environ.items() if key.startswith(SETTINGS_PREFIX)}
+    if settings:  # the driver's ltray settings (e.g. $LTRAY_TRIAL_RESOURCE_TIMEOUT_S) hold in every trial, on any node
+        runtime_env["env_vars"] = settings
     try:
         if local:
             info = ray.init(

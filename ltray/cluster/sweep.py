@@ -20,15 +20,18 @@ from typing import Any
 
 from ltray.cluster.grid import SweepSpec, Trial, expand_trials, max_concurrent_trials
 from ltray.cluster.preflight import check_cluster
-from ltray.cluster.storage import Storage, resolve_storage
+from ltray.storage import Storage, resolve_storage
+from ltray.tracking.sync import (SweepRecord, SyncResult, close_unfinished, journal_summary_rows, sync_sweep,
+                                 tracking_wait_s, write_sweep_record)
 from ltray.cluster.summary import sweep_markdown, sweep_title
 from ltray.cluster.trial import DRIVER_MEMORY_BYTES, FINAL_MARK, TrialContext, run_trial
 from ltray.cluster.train_worker import TrainSettings
-from ltray.errors import ConfigError
+from ltray.errors import ConfigError, LtrayError
 
 TRAIN_RUNS = "train_runs"
 SUMMARY_MD = "summary.md"
 SUMMARY_CSV = "summary.csv"
+EXIT_TRACKING_PENDING = 3
 
 Echo = Callable[[str], None]
 
@@ -56,10 +59,15 @@ class SweepOutcome:
     summary: str
     errors: list[str] = field(default_factory=list)
     interrupted: bool = False
+    tracking_pending: SyncResult | None = None  # what MLflow did not get before the sweep ended
 
     @property
     def exit_code(self) -> int:
-        return 130 if self.interrupted else (1 if self.errors else 0)
+        if self.interrupted:
+            return 130
+        if self.errors:
+            return 1
+        return EXIT_TRACKING_PENDING if self.tracking_pending is not None else 0
 
 
 def _restorable(folder: Storage) -> bool:
@@ -122,19 +130,20 @@ def _trial_name(trial: Any) -> str:
     return str(trial.config["trial"])
 
 
-def _tune_callback(tracking_uri: str, experiment: str, parent_run_id: str) -> Any:
+def _tune_callback(sweep_dir: Storage) -> Any:
     from ray import tune
 
-    from ltray.tracking.runs import SweepTracking
+    from ltray.tracking.journal import TRIAL_FILE, TrialJournal, journal_folder
 
-    class ChildRunStatus(tune.Callback):
-        """Closes the MLflow run of a trial that Tune ended without its final figures (errored or early-stopped)."""
+    class TrialStatus(tune.Callback):
+        """Journals the status of a trial that Tune ended without its final figures (errored or early-stopped);
+        the sweep's sync sends it."""
 
         def _close(self, trial: Any, status: str) -> None:
-            tracking = SweepTracking(tracking_uri, experiment)
-            run_id = tracking.find_child(parent_run_id, _trial_name(trial))
-            if run_id is not None and tracking.client.get_run(run_id).info.status == "RUNNING":
-                tracking.finish(run_id, status)
+            journal = TrialJournal(journal_folder(sweep_dir, _trial_name(trial)))
+            view = journal.view()
+            if view.header is not None and view.status is None:
+                journal.append(TRIAL_FILE, {"kind": "status", "status": status})
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             self._close(trial, "FAILED")
@@ -143,34 +152,20 @@ def _tune_callback(tracking_uri: str, experiment: str, parent_run_id: str) -> An
             if not (trial.last_result or {}).get(FINAL_MARK):
                 self._close(trial, "KILLED")
 
-    return ChildRunStatus()
+    return TrialStatus()
 
 
-def _close_running_children(tracking: Any, parent_run_id: str) -> None:
-    from ltray.tracking.runs import TAG_PARENT
+def summarize_sweep(sweep_dir: Storage, grid: dict[str, str], title: str) -> tuple[str, str, list[Any]]:
+    """The sweep's summary (mean ± std per configuration) from its journals, written into the sweep folder as
+    `summary.md` and `summary.csv`; returns the Markdown, the CSV and the rows (for the parent run)."""
+    from ltray.tracking.artifacts import summary_csv
 
-    runs = tracking.client.search_runs(
-        [tracking.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'", max_results=1000
-    )
-    for run in runs:
-        if run.info.status == "RUNNING":
-            tracking.finish(run.info.run_id, "KILLED")
-
-
-def summarize_sweep(tracking: Any, parent_run_id: str, title: str, sweep_dir: Storage) -> str:
-    """Summarise the sweep's child runs (mean ± std per configuration) onto the parent run and into the sweep
-    folder; returns the Markdown."""
-    from ltray.tracking.artifacts import log_sweep_summary, summary_csv, sweep_summary_rows
-
-    rows = sweep_summary_rows(tracking.client, tracking.client.get_run(parent_run_id))
-    if not rows:
-        return f"# {title}\n\nno trial runs\n"
-    markdown = sweep_markdown(rows, title)
+    rows = journal_summary_rows(sweep_dir, grid)
+    markdown = sweep_markdown(rows, title) if rows else f"# {title}\n\nno trial runs\n"
     csv_text = summary_csv(rows)
-    log_sweep_summary(tracking.client, parent_run_id, rows, markdown, csv_text)
     sweep_dir.child(SUMMARY_MD).write_text(markdown)
     sweep_dir.child(SUMMARY_CSV).write_text(csv_text)
-    return markdown
+    return markdown, csv_text, rows
 
 
 def _parent_tags(configs: list[Any]) -> dict[str, str]:
@@ -240,13 +235,13 @@ def _start_message(spec: SweepSpec, trials: list[Trial], concurrent: int) -> str
 
 def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> SweepOutcome:
     """Run (or resume) a sweep end to end and return its outcome; user errors raise LtrayError before training."""
-    from ltray.tracking.artifacts import log_sweep_grid
-    from ltray.tracking.runs import TAG_GIT_COMMIT, SweepTracking
+    from ltray.tracking.runs import TAG_GIT_COMMIT
     from ltray.tracking.store import check_tracking_reachable, create_sqlite_store, resolve_tracking_uri
 
     trials = expand_trials(spec)
     tracking_uri = resolve_tracking_uri(options.mlflow_uri, Path.cwd())
     check_tracking_reachable(tracking_uri)
+    wait_s = tracking_wait_s()
 
     from ltray.cluster import runtime
 
@@ -265,18 +260,14 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
         check_cluster(configs, root, tracking_uri, cpus_per_worker=spec.resources.cpus_per_worker,
                       gpus_per_worker=spec.resources.gpus_per_worker)
         create_sqlite_store(tracking_uri)
-        tracking = SweepTracking(tracking_uri, spec.experiment)
-        if not options.resume and tracking.find_parent(spec.name) is not None:
-            raise ConfigError(
-                f"MLflow experiment {spec.experiment!r} already has a sweep named {spec.name!r}; "
-                "pass --resume to continue it or choose another --name"
-            )
         concurrent = options.max_concurrent or max_concurrent_trials(
             runtime.cluster_resources(), spec.resources, len(trials)
         )
         parent_tags = _parent_tags(configs)
-        parent_run_id = tracking.start_parent(spec.name, spec.parameters(), parent_tags)
-        log_sweep_grid(tracking.client, parent_run_id, {trial.name: trial.config_key for trial in trials})
+        grid = {trial.name: trial.config_key for trial in trials}
+        tracking, parent_run_id = _open_parent(spec, options.resume, tracking_uri, parent_tags, grid)
+        record = SweepRecord(spec.name, spec.experiment, tracking_uri, parent_run_id, grid)
+        write_sweep_record(sweep_dir, record)
         echo(_start_message(spec, trials, concurrent))
         for line in watch_lines(connection.dashboard_url, tracking_uri, tracking.experiment_id):
             echo(line)
@@ -287,13 +278,14 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
             max_failures=spec.max_failures, knn_every=1 if spec.asha is not None else 0,
         )
         context = TrialContext(tracking_uri, spec.experiment, parent_run_id, settings,
-                               {trial.name: trial.to_param() for trial in trials}, parent_tags[TAG_GIT_COMMIT])
+                               {trial.name: trial.to_param() for trial in trials}, parent_tags[TAG_GIT_COMMIT],
+                               tracking_wait_s=wait_s)
         trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(spec))
         if options.resume:
             echo(f"resuming {sweep_dir}: finished trials are kept, the others continue from their checkpoints")
             tuner = tune.Tuner.restore(sweep_dir.uri, trainable=trainable, resume_errored=True)
         else:
-            callback = _tune_callback(tracking_uri, spec.experiment, parent_run_id)
+            callback = _tune_callback(sweep_dir)
             tuner = _new_tuner(spec, trials, trainable, root, concurrent, callback)
         with InterruptWatch() as watch:
             results = tuner.fit()
@@ -301,17 +293,52 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
         unfinished = [result for result in results
                       if result.error is None and not (result.metrics or {}).get(FINAL_MARK)]
         interrupted = watch.interrupted or (spec.asha is None and bool(unfinished))
-        if interrupted:
-            _close_running_children(tracking, parent_run_id)
-        markdown = summarize_sweep(tracking, parent_run_id, sweep_title(spec.name), sweep_dir)
-        tracking.finish(parent_run_id, "KILLED" if interrupted else ("FAILED" if errors else "FINISHED"))
+        close_unfinished(sweep_dir, grid, "KILLED")
+        record.status = "KILLED" if interrupted else ("FAILED" if errors else "FINISHED")
+        write_sweep_record(sweep_dir, record)
+        markdown, csv_text, rows = summarize_sweep(sweep_dir, grid, sweep_title(spec.name))
+        synced = sync_sweep(sweep_dir, record, tracking_uri, markdown, csv_text, rows, wait_s=wait_s, echo=echo)
     except BaseException:
         if parent_run_id is not None:
-            tracking.finish(parent_run_id, "FAILED")
+            _mark_failed(tracking, parent_run_id)
         raise
     finally:
         runtime.disconnect()
-    return SweepOutcome(spec.name, sweep_dir, tracking_uri, parent_run_id, markdown, errors, interrupted)
+    return SweepOutcome(spec.name, sweep_dir, tracking_uri, parent_run_id, markdown, errors, interrupted,
+                        None if synced.complete else synced)
+
+
+def _open_parent(spec: SweepSpec, resume: bool, tracking_uri: str, tags: dict[str, str],
+                 grid: dict[str, str]) -> tuple[Any, str]:
+    """The sweep's parent run (created, or reused on --resume) with its grid; MLflow must answer here, at the
+    start: any failure is one line."""
+    from mlflow.exceptions import MlflowException
+
+    from ltray.tracking.artifacts import log_sweep_grid
+    from ltray.tracking.journal import limit_http_retries
+    from ltray.tracking.runs import SweepTracking
+
+    limit_http_retries()
+    try:
+        tracking = SweepTracking(tracking_uri, spec.experiment)
+        if not resume and tracking.find_parent(spec.name) is not None:
+            raise ConfigError(
+                f"MLflow experiment {spec.experiment!r} already has a sweep named {spec.name!r}; "
+                "pass --resume to continue it or choose another --name"
+            )
+        parent_run_id = tracking.start_parent(spec.name, spec.parameters(), tags)
+        log_sweep_grid(tracking.client, parent_run_id, grid)
+    except (MlflowException, OSError) as error:
+        raise LtrayError(f"MLflow at {tracking_uri} failed at the start of the sweep: "
+                         f"{' '.join(str(error).split())[:300]}") from None
+    return tracking, parent_run_id
+
+
+def _mark_failed(tracking: Any, parent_run_id: str) -> None:
+    try:
+        tracking.finish(parent_run_id, "FAILED")
+    except Exception:  # MLflow may be down; the sweep's own error is the one to report
+        pass
 
 
 class InterruptWatch:

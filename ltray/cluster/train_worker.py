@@ -7,9 +7,9 @@ ltray checkpoint, which Ray copies into the run's storage folder. After a worker
 group and each worker resumes exactly from `ray.train.get_checkpoint()`. A run started again under the same name
 and storage path (a resumed sweep) also finds its last checkpoint there.
 
-Rank 0 logs each epoch's metrics to the trial's MLflow run with `step=epoch`. The run id travels in the checkpoint
-(`Pretrainer.mlflow_run_id`), and epochs that MLflow already holds (logged before a crash, then trained again after
-the resume) are not logged twice.
+Rank 0 writes each epoch's metrics (step = epoch) and the run's artifacts to the trial's tracking journal on the
+sweep's storage (`ltray.tracking.journal`), never to MLflow directly: the trial's process sends the journal, so
+training never waits for the tracking server. Epochs trained again after a resume are written again and sent once.
 """
 
 from __future__ import annotations
@@ -21,25 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltray.cluster.storage import Storage
+from ltray.storage import Storage
 from ltray.config import Config, config_from_dict
 from ltray.eval.knn import knn_monitor
 from ltray.errors import CheckpointError
 from ltray.train import distributed as dist_utils
+from ltray.tracking.journal import TRAINING_FILE, TrialJournal
 from ltray.train.checkpoint import latest_checkpoint
 
-EPOCH_KEY = "loss"
 RESUME_KEY = "resumed_at_epoch"
 ARTIFACT_FOLDER = "train"
-
-
-@dataclass(frozen=True)
-class MlflowTarget:
-    """Where a training run logs: the tracking URI, the experiment and the run id."""
-
-    tracking_uri: str
-    experiment: str
-    run_id: str
 
 
 @dataclass(frozen=True)
@@ -56,52 +47,36 @@ class TrainSettings:
 
 
 class EpochLogger:
-    """The `EpochReporter` of a Ray Train worker: MLflow on rank 0 (each epoch once), `ray.train.report` on all
-    ranks, with the newest checkpoint file on checkpoint epochs.
+    """The `EpochReporter` of a training run: on rank 0 each epoch's metrics and every new file of the run's
+    `artifacts/` folder go to the trial's journal (`journal`, None: a run nobody tracks, e.g. MAK's extractor);
+    `ray.train.report` on all ranks, with the newest checkpoint file on checkpoint epochs.
 
     In-process mode (`keep_checkpoints` set: a run inside the calling process, no Ray Train): the checkpoints stay
     in the run folder (the newest `keep_checkpoints` of them are kept), are copied to `mirror` when the run folder
     is a local stand-in for a URI storage, and the metrics go to `ray.tune.report` when `tune_reports`."""
 
-    def __init__(self, target: MlflowTarget | None, run_dir: Path, *, keep_checkpoints: int | None = None,
+    def __init__(self, journal: TrialJournal | None, run_dir: Path, *, keep_checkpoints: int | None = None,
                  tune_reports: bool = False, mirror: RunMirror | None = None) -> None:
-        self.target = target
+        self.journal = journal if dist_utils.rank() == 0 else None
         self.run_dir = run_dir
         self.keep_checkpoints = keep_checkpoints
         self.tune_reports = tune_reports
         self.mirror = mirror
         self.rank = dist_utils.rank()
-        self.logged_steps: set[int] = set()
-        self.uploaded: set[str] = set()
-        self._tracking: Any = None
-
-    def attach(self, run_id: str | None) -> None:
-        """Log to `run_id` (the checkpoint's, when resuming); learn which epochs MLflow already holds."""
-        if self.target is None or self.rank != 0:
-            return
-        from ltray.tracking.runs import SweepTracking
-
-        if run_id is not None and run_id != self.target.run_id:
-            self.target = MlflowTarget(self.target.tracking_uri, self.target.experiment, run_id)
-        self._tracking = SweepTracking(self.target.tracking_uri, self.target.experiment)
-        history = self._tracking.client.get_metric_history(self.target.run_id, EPOCH_KEY)
-        self.logged_steps = {int(metric.step) for metric in history}
-        listed = self._tracking.client.list_artifacts(self.target.run_id, ARTIFACT_FOLDER)
-        self.uploaded = {Path(item.path).name for item in listed}
+        self.journaled: set[str] = set()
 
     def log_resume(self, epoch: int) -> None:
         """Record that this attempt continued from the checkpoint of `epoch` (metric `resumed_at_epoch`)."""
-        if self._tracking is not None and self.target is not None:
-            self._tracking.log_epoch_metrics(self.target.run_id, {RESUME_KEY: float(epoch)}, step=epoch)
+        if self.journal is not None:
+            self.journal.append(TRAINING_FILE, {"kind": "metric", "step": epoch,
+                                                "metrics": {RESUME_KEY: float(epoch)}})
 
     def __call__(self, epoch: int, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         import ray.train
 
-        if self._tracking is not None and self.target is not None:
-            if epoch not in self.logged_steps:
-                self._tracking.log_epoch_metrics(self.target.run_id, metrics, step=epoch)
-                self.logged_steps.add(epoch)
-            self._upload_artifacts()
+        if self.journal is not None:
+            records = [*self._new_artifacts(), {"kind": "epoch", "step": epoch, "metrics": dict(metrics)}]
+            self.journal.append(TRAINING_FILE, *records)
         if self.keep_checkpoints is not None:
             self._report_in_process(metrics, checkpoint_dir)
             return
@@ -124,14 +99,16 @@ class EpochLogger:
 
             ray.tune.report(metrics)
 
-    def _upload_artifacts(self) -> None:
+    def _new_artifacts(self) -> list[dict[str, Any]]:
         folder = self.run_dir / "artifacts"
-        if not folder.is_dir() or self.target is None:
-            return
+        if not folder.is_dir() or self.journal is None:
+            return []
+        records = []
         for path in sorted(folder.iterdir()):
-            if path.is_file() and path.name not in self.uploaded:
-                self._tracking.client.log_artifact(self.target.run_id, str(path), ARTIFACT_FOLDER)
-                self.uploaded.add(path.name)
+            if path.is_file() and path.name not in self.journaled:
+                records.append(self.journal.store_file(path, f"{ARTIFACT_FOLDER}/{path.name}"))
+                self.journaled.add(path.name)
+        return records
 
 
 class RunMirror:
@@ -207,15 +184,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="ltray-worker-"))
     try:
         cfg = config_from_dict(loop_config["config"]).replace({"run.output_dir": str(workdir), "run.progress": "off"})
-        target = loop_config.get("mlflow")
-        logger = EpochLogger(MlflowTarget(**target) if target else None, cfg.run_dir)
+        journal = loop_config.get("journal")
+        logger = EpochLogger(TrialJournal(Storage(journal)) if journal else None, cfg.run_dir)
         trainer = Pretrainer(cfg, reporter=logger)
         if loop_config.get("colt_pool_dataset"):
             trainer.pool_embedder = shard_pool_embedder(trainer)
         resumed = restore_from_ray(trainer)
-        if trainer.mlflow_run_id is None and target:
-            trainer.mlflow_run_id = target["run_id"]
-        logger.attach(trainer.mlflow_run_id)
         if resumed:
             logger.log_resume(trainer.epoch)
         if trainer.epoch >= cfg.optim.epochs:
@@ -243,41 +217,37 @@ class InProcessResult:
     metrics: dict[str, float]
 
 
-def fit_in_process(cfg: Config, run_name: str, settings: TrainSettings, mlflow: MlflowTarget | None = None,
+def fit_in_process(cfg: Config, run_name: str, settings: TrainSettings, journal: TrialJournal | None = None,
                    *, tune_reports: bool = True) -> InProcessResult:
     """One pre-training in the calling process (a sweep with `workers_per_trial: 0`): no Ray Train worker group,
     which saves its start-up (several actors) on small CPU trials. The run folder and its checkpoints are
     `settings.storage_path/run_name` (shared storage on a cluster; on a URI storage a local scratch folder copied
     there after each checkpoint, `RunMirror`); a retried or resumed trial continues from the newest checkpoint
-    there, and MLflow keeps every epoch once, as with Ray Train."""
+    there, and its epochs are journaled as with Ray Train."""
     storage = Storage(settings.storage_path)
     if storage.is_local:
-        return _fit_in_folder(cfg, run_name, settings, mlflow, settings.storage_path, None, tune_reports)
+        return _fit_in_folder(cfg, run_name, settings, journal, settings.storage_path, None, tune_reports)
     scratch = tempfile.mkdtemp(prefix="ltray-run-")
     try:
-        return _fit_in_folder(cfg, run_name, settings, mlflow, scratch, RunMirror(storage.child(run_name)),
+        return _fit_in_folder(cfg, run_name, settings, journal, scratch, RunMirror(storage.child(run_name)),
                               tune_reports)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _fit_in_folder(cfg: Config, run_name: str, settings: TrainSettings, mlflow: MlflowTarget | None,
+def _fit_in_folder(cfg: Config, run_name: str, settings: TrainSettings, journal: TrialJournal | None,
                    output_dir: str, mirror: RunMirror | None, tune_reports: bool) -> InProcessResult:
     import ray.train
 
     from ltray.train.loop import Pretrainer
 
     run_cfg = cfg.replace({"run.output_dir": output_dir, "run.name": run_name, "run.progress": "off"})
-    logger = EpochLogger(mlflow, run_cfg.run_dir, keep_checkpoints=settings.keep_checkpoints,
+    logger = EpochLogger(journal, run_cfg.run_dir, keep_checkpoints=settings.keep_checkpoints,
                          tune_reports=tune_reports and _in_tune_session(), mirror=mirror)
     trainer = Pretrainer(run_cfg, reporter=logger)
     latest = mirror.restore(run_cfg.run_dir) if mirror is not None else latest_checkpoint(trainer.ckpt_dir)
     if latest is not None:
         trainer.resume_from(latest)
-    if trainer.mlflow_run_id is None and mlflow is not None:
-        trainer.mlflow_run_id = mlflow.run_id
-    logger.attach(trainer.mlflow_run_id)
-    if latest is not None:
         logger.log_resume(trainer.epoch)
     knn_every = settings.knn_every or cfg.eval.knn_every
     monitor = knn_monitor(trainer.data, knn_every, cfg.eval.knn_k) if knn_every > 0 else None
@@ -289,7 +259,7 @@ def _fit_in_folder(cfg: Config, run_name: str, settings: TrainSettings, mlflow: 
     return InProcessResult(ray.train.Checkpoint.from_directory(str(result.checkpoint.parent)), metrics)
 
 
-def fit_training(cfg: Config, run_name: str, settings: TrainSettings, mlflow: MlflowTarget | None = None,
+def fit_training(cfg: Config, run_name: str, settings: TrainSettings, journal: TrialJournal | None = None,
                  *, tune_reports: bool = True):
     """Run one pre-training on Ray Train and return its `ray.train.Result` (the last checkpoint in `.checkpoint`).
 
@@ -300,7 +270,7 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, mlflow: Ml
     process instead (`fit_in_process`).
     """
     if settings.workers == 0:
-        return fit_in_process(cfg, run_name, settings, mlflow, tune_reports=tune_reports)
+        return fit_in_process(cfg, run_name, settings, journal, tune_reports=tune_reports)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.config import LoggingConfig
     from ray.train.torch import TorchTrainer
@@ -328,7 +298,7 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, mlflow: Ml
         train_loop_per_worker,
         train_loop_config={
             "config": cfg.to_dict(),
-            "mlflow": None if mlflow is None else mlflow.__dict__.copy(),
+            "journal": None if journal is None else journal.folder.uri,
             "knn_every": settings.knn_every,
             "colt_pool_dataset": pool is not None,
         },

@@ -1,4 +1,10 @@
-"""One Ray Tune trial: an MLflow child run, a Ray Train pre-training, the probes, the artifacts, the final report.
+"""One Ray Tune trial: a Ray Train pre-training, the probes, the artifacts, the final report, all journaled.
+
+Everything the trial records for MLflow goes to its journal on the sweep's storage first (`ltray.tracking.journal`:
+the run header with parameters and tags, each epoch, MAK's selection, the final figures and artifacts, the status);
+an uploader thread of the trial's process sends the journal to the trial's MLflow child run meanwhile, so neither
+training nor evaluation waits for the tracking server. At its end the trial waits at most `tracking_wait_s` for the
+rest to be sent; what is still unsent then is sent by the sweep's driver or later by `ltray sync`.
 
 The trial function itself only coordinates (its Tune resource request is a little memory, no CPU): the training
 workers hold the trial's CPUs/GPUs while they train, and the evaluation runs afterwards as a Ray task with one
@@ -23,14 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from ltray.cluster.grid import Trial
-from ltray.cluster.storage import Storage
-from ltray.cluster.train_worker import InProcessResult, MlflowTarget, TrainSettings, fit_training
+from ltray.storage import Storage
+from ltray.cluster.train_worker import InProcessResult, TrainSettings, fit_training
 from ltray.config import Config, config_from_dict
 from ltray.errors import CheckpointError, LtrayError
-from ltray.tracking.runs import TAG_CONFIG_KEY, TAG_FINAL_KEYS, SweepTracking, standard_tags
+from ltray.tracking.journal import TRIAL_FILE, JournalUploader, TrialJournal, journal_folder
+from ltray.tracking.runs import TAG_CONFIG_KEY, flatten_report, standard_tags
 from ltray.train.checkpoint import checkpoint_name, latest_checkpoint
 
 FINAL_MARK = "final_evaluated"
+TRACKING_PENDING = "tracking_pending"  # 1.0 in a trial's last result when its journal was not all sent to MLflow
 EVAL_REPORT = "eval_report.json"
 DRIVER_MEMORY_BYTES = 256 * 1024**2
 MAK_FOLDER = "mak"  # <sweep>/mak/<trial>: selections; the MLflow artifact folder of the MAK files
@@ -51,11 +59,15 @@ class TrialContext:
     train: TrainSettings
     trials: dict[str, dict[str, Any]]
     git_commit: str | None = None  # the driver's (trial processes may run from a copy without `.git`)
+    tracking_wait_s: float = 60.0
 
     def trial(self, name: str) -> Trial:
         if name not in self.trials:
             raise LtrayError(f"trial {name!r} is not part of this sweep's grid (was the config changed before --resume?)")
         return Trial.from_param(self.trials[name])
+
+    def journal(self, name: str) -> TrialJournal:
+        return TrialJournal(journal_folder(Storage(self.train.storage_path).parent, name))
 
 
 def trial_tags(cfg: Config, trial: Trial, commit: str | None = None) -> dict[str, str]:
@@ -71,24 +83,12 @@ def trial_tags(cfg: Config, trial: Trial, commit: str | None = None) -> dict[str
     return tags
 
 
-def open_trial_run(tracking: SweepTracking, parent_run_id: str, trial: Trial, cfg: Config,
-                   commit: str | None = None) -> tuple[str, bool]:
-    """The trial's child run: the existing one under this parent (a resumed or retried trial continues it), else a
-    new one. Returns (run id, whether it already FINISHED with its final figures)."""
-    run_id = tracking.find_child(parent_run_id, trial.name)
-    if run_id is None:
-        return tracking.start_child(parent_run_id, trial.name, cfg.to_dict(), trial_tags(cfg, trial, commit)), False
-    run = tracking.client.get_run(run_id)
-    if run.info.status == "FINISHED" and json.loads(run.data.tags.get(TAG_FINAL_KEYS, "[]")):
-        return run_id, True
-    return tracking.resume_child(run_id), False
-
-
-def final_figures(tracking: SweepTracking, run_id: str) -> dict[str, float]:
-    """The final figures a finished trial logged (the keys listed in its `ltray.final_keys` tag)."""
-    run = tracking.client.get_run(run_id)
-    keys = json.loads(run.data.tags.get(TAG_FINAL_KEYS, "[]"))
-    return {key: run.data.metrics[key] for key in keys if key in run.data.metrics}
+def journal_start(journal: TrialJournal, parent_run_id: str, trial: Trial, cfg: Config,
+                  commit: str | None = None) -> None:
+    """The run header of this start of the trial: its run (under `parent_run_id`, named after the trial, found
+    or created by the uploader), parameters and tags."""
+    journal.append(TRIAL_FILE, {"kind": "run", "parent": parent_run_id, "name": trial.name,
+                                "params": cfg.to_dict(), "tags": trial_tags(cfg, trial, commit)})
 
 
 def evaluate_trained(config: dict[str, Any], checkpoint: Any) -> dict[str, Any]:
@@ -107,17 +107,24 @@ def evaluate_trained(config: dict[str, Any], checkpoint: Any) -> dict[str, Any]:
     return evaluate_backbone(cfg, model.backbone, load_run_data(cfg), device)
 
 
-def log_evaluation(tracking: SweepTracking, run_id: str, report: dict[str, Any]) -> dict[str, float]:
-    """Final figures as metrics (`log_final`), the per-class table and plot, and the whole report as JSON."""
-    from ltray.tracking.artifacts import log_run_artifacts
+def journal_evaluation(journal: TrialJournal, report: dict[str, Any]) -> dict[str, float]:
+    """The final figures (flattened, `ltray.tracking.runs.flatten_report`), the per-class table and plot and the
+    whole report as JSON, into the journal; returns the figures."""
+    from ltray.tracking.artifacts import write_run_artifacts
 
-    figures = tracking.log_final(run_id, report["figures"])
-    per_class = report["per_class"]
-    if per_class:
-        primary = next(iter(per_class))
-        log_run_artifacts(tracking.client, run_id, per_class[primary], report["pretrain_counts"], report["groups"],
-                          report["class_names"])
-    tracking.client.log_text(run_id, json.dumps(report, indent=2), EVAL_REPORT)
+    figures = flatten_report(report["figures"])
+    with tempfile.TemporaryDirectory(prefix="ltray-eval-") as scratch:
+        folder = Path(scratch)
+        records = []
+        per_class = report["per_class"]
+        if per_class:
+            primary = next(iter(per_class))
+            for path in write_run_artifacts(folder, per_class[primary], report["pretrain_counts"], report["groups"],
+                                            report["class_names"]):
+                records.append(journal.store_file(path, path.name))
+        (folder / EVAL_REPORT).write_text(json.dumps(report, indent=2))
+        records.append(journal.store_file(folder / EVAL_REPORT, EVAL_REPORT))
+    journal.append(TRIAL_FILE, *records, {"kind": "final", "figures": figures})
     return figures
 
 
@@ -223,18 +230,14 @@ def mak_selection(cfg: Config, trial: Trial, settings: TrainSettings,
                           params=params, cache_dir=sweep_dir / MAK_FOLDER / MAK_CACHE, in_process=settings.workers == 0)
 
 
-def log_mak_selection(tracking: SweepTracking, run_id: str, selection: Path) -> None:
-    """The selection's manifest, table and histograms as artifacts under `mak/` of the trial's run (once), and
-    its summary figures as metrics (`mak_selected`, mean ECLE and distance of the pool and of the selection)."""
+def journal_mak_selection(journal: TrialJournal, selection: Path) -> None:
+    """The selection's manifest, table and histograms as artifacts under `mak/` of the trial's run, and its summary
+    figures as metrics (`mak_selected`, mean ECLE and distance of the pool and of the selection)."""
     import numpy as np
 
     from ltray.pools.mak_job import HISTOGRAMS, SCORES_FILE
     from ltray.pools.selection import MANIFEST_NAME, TABLE_NAME, read_selection_manifest
 
-    client = tracking.client
-    client.set_tag(run_id, "ltray.mak_selection", str(selection))
-    if client.list_artifacts(run_id, MAK_FOLDER):
-        return
     positions = np.asarray(read_selection_manifest(selection)["positions"], dtype=np.int64)
     with np.load(selection / SCORES_FILE) as scores:
         ecle, distance = scores["ecle"], scores["distance"]
@@ -242,18 +245,19 @@ def log_mak_selection(tracking: SweepTracking, run_id: str, selection: Path) -> 
                "mak_ecle_selected_mean": float(ecle[positions].mean()),
                "mak_distance_mean": float(distance.mean()),
                "mak_distance_selected_mean": float(distance[positions].mean())}
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, value)
-    for name in (MANIFEST_NAME, TABLE_NAME, *HISTOGRAMS.values()):
-        client.log_artifact(run_id, str(selection / name), MAK_FOLDER)
+    artifacts = [journal.store_file(selection / name, f"{MAK_FOLDER}/{name}")
+                 for name in (MANIFEST_NAME, TABLE_NAME, *HISTOGRAMS.values())]
+    journal.append(TRIAL_FILE, {"kind": "tags", "tags": {"ltray.mak_selection": str(selection)}},
+                   {"kind": "metric", "step": 0, "metrics": metrics}, *artifacts)
 
 
 def run_trial(param: dict[str, Any], context: TrialContext) -> None:
     """The Tune function trainable of every sweep trial; `param["trial"]` is the trial's name. The evaluation
     task leaves the trial's placement group (which holds only the driver's memory) for the trial's resources.
     The final result repeats the last epoch's metrics (a scheduler's metric must be in every result) next to the
-    final figures. A trial that errors or is stopped early has its run closed by the sweep's Tune callback
-    (FAILED or KILLED), which sees every way a trial can end."""
+    final figures, and `tracking_pending` 1.0 when MLflow did not get the whole journal in time. A trial that
+    errors or is stopped early gets its status (FAILED or KILLED) journaled by the sweep's Tune callback, which
+    sees every way a trial can end."""
     import ray
     import ray.tune
 
@@ -261,32 +265,39 @@ def run_trial(param: dict[str, Any], context: TrialContext) -> None:
 
     trial = context.trial(str(param["trial"]))
     cfg = config_from_dict(trial.config)
-    tracking = SweepTracking(context.tracking_uri, context.experiment)
-    run_id, finished = open_trial_run(tracking, context.parent_run_id, trial, cfg, context.git_commit)
-    if finished:
-        latest = tracking.client.get_run(run_id).data.metrics
-        ray.tune.report({**latest, **final_figures(tracking, run_id), "epoch": cfg.optim.epochs, FINAL_MARK: 1.0})
+    journal = context.journal(trial.name)
+    earlier = journal.view()
+    if earlier.final_figures is not None:  # finished in an earlier start of the sweep
+        ray.tune.report({**earlier.last_epoch_metrics, **earlier.final_figures, "epoch": cfg.optim.epochs,
+                         FINAL_MARK: 1.0})
         return
-    config = trial.config
-    if parse_method(cfg.method.name).has("mak") and not cfg.data.extra_data:
-        selection = mak_selection(cfg, trial, context.train, context.trials)
-        log_mak_selection(tracking, run_id, selection)
-        cfg = cfg.replace({"data.extra_data": str(selection)})
-        config = cfg.to_dict()
-    target = MlflowTarget(context.tracking_uri, context.experiment, run_id)
-    result = fit_training(cfg, trial.name, context.train, target)
-    if result.checkpoint is None:
-        raise LtrayError(f"trial {trial.name}: training ended without a checkpoint")
-    settings = context.train
-    if settings.workers == 0:  # the trial holds the resources and trained here: it evaluates here too
-        report = evaluate_trained(config, result.checkpoint)
-    else:
-        evaluate = ray.remote(evaluate_trained).options(
-            num_cpus=settings.cpus_per_worker, num_gpus=min(settings.gpus_per_worker, 1.0), max_retries=0,
-            scheduling_strategy="DEFAULT",
-        )
-        report = ray.get(evaluate.remote(config, result.checkpoint))
-    figures = log_evaluation(tracking, run_id, report)
-    tracking.finish(run_id, "FINISHED")
+    journal_start(journal, context.parent_run_id, trial, cfg, context.git_commit)
+    uploader = JournalUploader(journal, context.tracking_uri, context.experiment).start()
+    try:
+        config = trial.config
+        if parse_method(cfg.method.name).has("mak") and not cfg.data.extra_data:
+            selection = mak_selection(cfg, trial, context.train, context.trials)
+            journal_mak_selection(journal, selection)
+            cfg = cfg.replace({"data.extra_data": str(selection)})
+            config = cfg.to_dict()
+        result = fit_training(cfg, trial.name, context.train, journal)
+        if result.checkpoint is None:
+            raise LtrayError(f"trial {trial.name}: training ended without a checkpoint")
+        settings = context.train
+        if settings.workers == 0:  # the trial holds the resources and trained here: it evaluates here too
+            report = evaluate_trained(config, result.checkpoint)
+        else:
+            evaluate = ray.remote(evaluate_trained).options(
+                num_cpus=settings.cpus_per_worker, num_gpus=min(settings.gpus_per_worker, 1.0), max_retries=0,
+                scheduling_strategy="DEFAULT",
+            )
+            report = ray.get(evaluate.remote(config, result.checkpoint))
+        figures = journal_evaluation(journal, report)
+        journal.append(TRIAL_FILE, {"kind": "status", "status": "FINISHED"})
+    except BaseException:
+        uploader.drain(0.0)  # one last pass; the sweep's driver sends the rest with the trial's status
+        raise
+    sent = uploader.drain(context.tracking_wait_s)
     last_epoch = {key: value for key, value in (result.metrics or {}).items() if isinstance(value, (int, float))}
-    ray.tune.report({**last_epoch, **figures, "epoch": cfg.optim.epochs, FINAL_MARK: 1.0})
+    ray.tune.report({**last_epoch, **figures, "epoch": cfg.optim.epochs, FINAL_MARK: 1.0,
+                     TRACKING_PENDING: 0.0 if sent else 1.0})

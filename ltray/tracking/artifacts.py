@@ -128,19 +128,18 @@ def plot_per_class(
     return target
 
 
-def log_run_artifacts(
-    client: MlflowClient,
-    run_id: str,
+def write_run_artifacts(
+    folder: Path,
     per_class_acc: Sequence[float],
     train_counts: Sequence[int],
     groups: Mapping[str, Sequence[int]] | None,
     class_names: Sequence[str] | None = None,
-) -> None:
-    """Attach `per_class.csv` and `per_class.png` to a trial's run."""
-    with tempfile.TemporaryDirectory(prefix="ltray-artifacts-") as folder:
-        (Path(folder) / PER_CLASS_CSV).write_text(per_class_table(per_class_acc, train_counts, class_names, groups))
-        plot_per_class(per_class_acc, train_counts, Path(folder) / PER_CLASS_PNG, groups)
-        client.log_artifacts(run_id, folder)
+) -> list[Path]:
+    """Write a trial's `per_class.csv` and `per_class.png` into `folder`; returns their paths."""
+    table, plot = folder / PER_CLASS_CSV, folder / PER_CLASS_PNG
+    table.write_text(per_class_table(per_class_acc, train_counts, class_names, groups))
+    plot_per_class(per_class_acc, train_counts, plot, groups)
+    return [table, plot]
 
 
 def _metric_prefix(config_name: str) -> str:
@@ -240,13 +239,20 @@ def sweep_summary_rows(client: MlflowClient, parent: Run) -> list[SummaryRow]:
         config_key = child.data.tags.get(TAG_CONFIG_KEY, DEFAULT_CONFIG_KEY)
         trial = child.data.tags.get(TAG_TRIAL, child.info.run_name or child.info.run_id)
         latest.setdefault(config_key, {})[trial] = child
+    return summary_rows({config_key: {trial: None if child is None else _final_report(child, trial)
+                                      for trial, child in trials.items()}
+                         for config_key, trials in latest.items()})
+
+
+def summary_rows(reports: Mapping[str, Mapping[str, Mapping[str, object] | None]]) -> list[SummaryRow]:
+    """configuration key -> {trial -> its final report (`{"run": trial, figure: value, ...}`) or None when it has
+    none} as summary rows sorted by key: mean ± std over the trials with a report, the others listed as missing."""
     rows: list[SummaryRow] = []
-    for config_key in sorted(latest):
-        trials = latest[config_key]
-        reports = [report for trial, child in trials.items()
-                   if child is not None and (report := _final_report(child, trial)) is not None]
-        if reports:
-            rows.append((config_key, summarize_runs(reports, expected=list(trials))))
+    for config_key in sorted(reports):
+        trials = reports[config_key]
+        finished = [dict(report) for report in trials.values() if report is not None]
+        if finished:
+            rows.append((config_key, summarize_runs(finished, expected=list(trials))))
         else:
             rows.append((config_key, _empty_summary(list(trials))))
     return rows

@@ -183,6 +183,15 @@ class MlflowServer:
                 process.wait(timeout=grace_s)
         _signal_group(process.pid, signal.SIGKILL)
 
+    def kill(self) -> None:
+        """End the server's whole process group at once (SIGKILL), as a crash or an out-of-memory kill would."""
+        process = self._process
+        if process is None:
+            return
+        self._process = None
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
     def __enter__(self) -> MlflowServer:
         self.start()
         return self

@@ -185,7 +185,6 @@ class Pretrainer:
         self.epoch = 0
         self.iteration = 0
         self.history: list[dict[str, float]] = []
-        self.mlflow_run_id: str | None = None
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
 
@@ -202,7 +201,6 @@ class Pretrainer:
             "active_pool": torch.from_numpy(self.train_data.active_pool.copy()),
             "rng": gather_rng_states(),
             "config": self.cfg.to_dict(),
-            "mlflow_run_id": self.mlflow_run_id,
             "history": self.history,
         }
 
@@ -225,7 +223,6 @@ class Pretrainer:
         restore_rng_states(state["rng"], seed=self.cfg.run.seed, epoch=int(state["epoch"]))
         self.epoch = int(state["epoch"])
         self.iteration = int(state["iteration"])
-        self.mlflow_run_id = state.get("mlflow_run_id")
         self.history = list(state.get("history", []))
 
     def resume_from(self, path: Path) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ltray.guard import guarded
-from tests.cluster.s3server import create_bucket_code, moto_argv, s3_env
+from tests.s3server import create_bucket_code, moto_argv, s3_env
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -198,7 +198,7 @@ class TwoNodeCluster:
         `s3://<bucket>/sweeps`."""
         log = self.base / "s3.log"
         server = self.start_on_head(moto_argv(HEAD_IP, S3_PORT), log)
-        probe = f"from tests.cluster.s3server import answers; raise SystemExit(0 if answers({S3_ENDPOINT!r}) else 1)"
+        probe = f"from tests.s3server import answers; raise SystemExit(0 if answers({S3_ENDPOINT!r}) else 1)"
         deadline = time.monotonic() + timeout_s
         while self.run_on_head([sys.executable, "-c", probe], cwd=ROOT, timeout=30).returncode != 0:
             if server.poll() is not None or time.monotonic() > deadline:

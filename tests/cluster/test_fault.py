@@ -1,6 +1,6 @@
 """A Ray Train worker process killed mid-training (SIGKILL, a real process death): FailureConfig restarts the
-worker group, the workers resume from the last reported checkpoint, and the MLflow run is the same one, with
-every epoch's metrics exactly once."""
+worker group, the workers resume from the last reported checkpoint, and the trial's journal, sent by its uploader
+while training runs, gives one MLflow run with every epoch's metrics exactly once."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ltray.cluster.train_worker import RESUME_KEY, MlflowTarget, TrainSettings, fit_training
+from ltray.cluster.train_worker import RESUME_KEY, TrainSettings, fit_training
 from ltray.config import load_config
+from ltray.storage import Storage
+from ltray.tracking.journal import TRIAL_FILE, JournalUploader, TrialJournal
 from ltray.tracking.runs import SweepTracking
 from ltray.train.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -37,14 +39,15 @@ def test_killed_worker_resumes_same_run_every_epoch_once(connected, mlflow_serve
     )
     tracking = SweepTracking(mlflow_server.tracking_uri, experiment_name)
     parent = tracking.start_parent("fault-sweep", {"case": "killed worker"})
-    run_id = tracking.start_child(parent, "fault", cfg.to_dict())
+    journal = TrialJournal(Storage(str(tmp_path / "journal" / "fault")))
+    journal.append(TRIAL_FILE, {"kind": "run", "parent": parent, "name": "fault", "params": cfg.to_dict(), "tags": {}})
+    uploader = JournalUploader(journal, tracking.tracking_uri, experiment_name).start()
     settings = TrainSettings(storage_path=str(tmp_path / "train"), workers=2, cpus_per_worker=0.5, max_failures=1)
     outcome: dict[str, object] = {}
 
     def train() -> None:
         try:
-            outcome["result"] = fit_training(cfg, "fault", settings, MlflowTarget(tracking.tracking_uri,
-                                                                                  experiment_name, run_id))
+            outcome["result"] = fit_training(cfg, "fault", settings, journal)
         except BaseException as error:  # reported by the assertion below
             outcome["error"] = error
 
@@ -54,7 +57,7 @@ def test_killed_worker_resumes_same_run_every_epoch_once(connected, mlflow_serve
     deadline = time.monotonic() + 240
     killed: list[int] = []
     while thread.is_alive() and time.monotonic() < deadline and not killed:
-        steps = {metric.step for metric in client.get_metric_history(run_id, "loss")}
+        steps = {record["step"] for record in journal.view().training_records if record["kind"] == "epoch"}
         if max(steps, default=0) >= 3:
             pids = _worker_pids()
             assert len(pids) == 2
@@ -65,6 +68,8 @@ def test_killed_worker_resumes_same_run_every_epoch_once(connected, mlflow_serve
     assert not thread.is_alive(), "training did not finish"
     assert "error" not in outcome, repr(outcome.get("error"))
     assert killed, "training finished before a worker could be killed"
+    assert uploader.drain(60.0)
+    run_id = uploader.run_id
 
     history = client.get_metric_history(run_id, "loss")
     assert sorted(metric.step for metric in history) == list(range(1, EPOCHS + 1))
@@ -77,5 +82,4 @@ def test_killed_worker_resumes_same_run_every_epoch_once(connected, mlflow_serve
     with result.checkpoint.as_directory() as folder:
         state = load_checkpoint(latest_checkpoint(Path(folder)))
     assert state["epoch"] == EPOCHS
-    assert state["mlflow_run_id"] == run_id
     assert [int(entry["epoch"]) for entry in state["history"]] == list(range(1, EPOCHS + 1))

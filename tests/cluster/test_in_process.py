@@ -1,5 +1,5 @@
 """In-process trials (`workers_per_trial: 0`): the run trains in the calling process, keeps its newest checkpoints
-in the storage folder, continues from them when started again, and logs each epoch to MLflow once; through a real
+in the storage folder, continues from them when started again, and its journal gives MLflow each epoch once; through a real
 sweep (`experiments/benchmark_embedded.py` on a tiny digits-lt grid with a balanced-set extra trial) it produces
 finished child runs and the results page."""
 
@@ -11,9 +11,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ltray.cluster.grid import TrialResources
-from ltray.cluster.train_worker import MlflowTarget, TrainSettings, fit_in_process, fit_training
+from ltray.cluster.train_worker import TrainSettings, fit_in_process, fit_training
 from ltray.config import load_config
 from ltray.errors import ConfigError
+from ltray.storage import Storage
+from ltray.tracking.journal import TRIAL_FILE, JournalUploader, TrialJournal
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,19 +29,24 @@ def _config(epochs: int):
 def test_in_process_run_resumes_from_its_storage_and_logs_each_epoch_once(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    experiment = client.create_experiment("in-process")
-    run_id = client.create_run(experiment).info.run_id
-    target = MlflowTarget(uri, "in-process", run_id)
+    client.create_experiment("in-process")
+    parent = client.create_run(client.get_experiment_by_name("in-process").experiment_id).info.run_id
+    journal = TrialJournal(Storage(str(tmp_path / "journal")))
+    journal.append(TRIAL_FILE, {"kind": "run", "parent": parent, "name": "trial_a", "params": {}, "tags": {}})
     settings = TrainSettings(storage_path=str(tmp_path / "train_runs"), workers=0, keep_checkpoints=2)
 
-    first = fit_in_process(_config(2), "trial_a", settings, target)
+    first = fit_in_process(_config(2), "trial_a", settings, journal)
     assert first.metrics["epoch"] == 2.0
-    second = fit_training(_config(4), "trial_a", settings, target)  # dispatches to the in-process path
+    uploader = JournalUploader(journal, uri, "in-process")
+    assert uploader.sync_once()
+    second = fit_training(_config(4), "trial_a", settings, journal)  # dispatches to the in-process path
     assert second.metrics["epoch"] == 4.0
     folder = tmp_path / "train_runs" / "trial_a" / "checkpoints"
     assert sorted(p.name for p in folder.glob("epoch_*.pt")) == ["epoch_0003.pt", "epoch_0004.pt"]
     with second.checkpoint.as_directory() as path:
         assert Path(path) == folder
+    assert uploader.sync_once()
+    run_id = uploader.run_id
     steps = [m.step for m in client.get_metric_history(run_id, "loss")]
     assert sorted(steps) == [1, 2, 3, 4]
     assert [m.value for m in client.get_metric_history(run_id, "resumed_at_epoch")] == [2.0]

@@ -187,7 +187,8 @@ def test_failed_controller_ends_the_sweep_with_the_configuration_missing(two_nod
     """Every trial's Train controller fails (gloo told to use an interface no node has, as a job's runtime
     environment can): the sweep ends with exit 1, no hang, each configuration listed as missing."""
     job = {"runtime_env": {"env_vars": {"GLOO_SOCKET_IFNAME": "ltraynone0"}}}
-    env = two_nodes.env(RAY_JOB_CONFIG_JSON_ENV_VAR=json.dumps(job))
+    # a trial whose failed run left resources held waits at most this long (ltray's own clean-up usually frees them)
+    env = two_nodes.env(RAY_JOB_CONFIG_JSON_ENV_VAR=json.dumps(job), LTRAY_TRIAL_RESOURCE_TIMEOUT_S="60")
     done, _ = _sweep(two_nodes, "broken", "--workers-per-trial", "2", "--max-failures", "0",
                      "--mlflow-uri", two_nodes.tracking_uri, "--storage", str(two_nodes.shared / "storage"),
                      env=env, timeout=300)

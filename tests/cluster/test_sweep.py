@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from ltray.cluster.grid import SweepSpec
-from ltray.cluster.storage import Storage
+from ltray.storage import Storage
 from ltray.cluster.sweep import InterruptWatch, SweepOptions, resolve_sweep_dir, watch_lines
 from ltray.config import Config
 from ltray.errors import ConfigError

@@ -1,5 +1,6 @@
-"""A trial's MLflow side without Ray: its child run (new, resumed, already finished), tags, final figures and
-artifacts, against an embedded SQLite store (slow: creating the store takes several seconds)."""
+"""A trial's tracking side without Ray: its journal (run header, final figures, evaluation artifacts) and the child
+run the uploader makes of it (new, resumed, finished), against an embedded SQLite store (slow: creating the store
+takes several seconds)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import json
 import pytest
 
 from ltray.cluster.grid import SweepSpec, expand_trials
-from ltray.cluster.trial import EVAL_REPORT, final_figures, log_evaluation, open_trial_run, trial_tags
+from ltray.cluster.trial import EVAL_REPORT, journal_evaluation, journal_start, trial_tags
 from ltray.config import Config
+from ltray.storage import Storage
+from ltray.tracking.journal import TRIAL_FILE, JournalUploader, TrialJournal
 from ltray.tracking.runs import TAG_CONFIG_KEY, TAG_FINAL_KEYS, TAG_PARENT, TAG_REFERENCE_BACKED, SweepTracking
 from ltray.tracking.store import sqlite_uri
 
@@ -50,28 +53,37 @@ def test_tags_name_method_split_configuration_and_backing():
     assert trial_tags(trial.build_config(), trial, "f00d")["mlflow.source.git.commit"] == "f00d"
 
 
+def _send(tracking: SweepTracking, journal: TrialJournal) -> str:
+    uploader = JournalUploader(journal, tracking.tracking_uri, tracking.experiment_name)
+    assert uploader.sync_once()
+    return uploader.run_id
+
+
 @pytest.mark.slow
-def test_child_run_is_created_once_then_resumed_then_reported_finished(tracking):
+def test_child_run_is_created_once_then_resumed_then_finished(tracking, tmp_path):
     parent = tracking.start_parent("sweep-a", {"x": 1})
     trial = _trial()
     cfg = trial.build_config()
-    run_id, finished = open_trial_run(tracking, parent, trial, cfg)
-    assert not finished
+    journal = TrialJournal(Storage(str(tmp_path / "journal")))
+    journal_start(journal, parent, trial, cfg)
+    run_id = _send(tracking, journal)
     run = tracking.client.get_run(run_id)
+    assert run.info.status == "RUNNING"
     assert run.data.tags[TAG_PARENT] == parent and run.data.tags["ltray.trial"] == trial.name
     assert run.data.params["method.temperature"] == "0.3" and run.data.params["data.split"] == "3"
 
-    tracking.finish(run_id, "KILLED")
-    again, finished = open_trial_run(tracking, parent, trial, cfg)
-    assert (again, finished) == (run_id, False)
-    assert tracking.client.get_run(run_id).info.status == "RUNNING"
+    journal.append(TRIAL_FILE, {"kind": "status", "status": "KILLED"})
+    assert _send(tracking, journal) == run_id and tracking.client.get_run(run_id).info.status == "KILLED"
+    journal_start(journal, parent, trial, cfg)  # the trial starts again: same run, RUNNING again
+    assert journal.view().status is None
+    assert _send(tracking, journal) == run_id and tracking.client.get_run(run_id).info.status == "RUNNING"
 
-    figures = log_evaluation(tracking, run_id, _report())
-    tracking.finish(run_id, "FINISHED")
-    assert figures == _report()["figures"]
-    third, finished = open_trial_run(tracking, parent, trial, cfg)
-    assert (third, finished) == (run_id, True)
-    assert final_figures(tracking, run_id) == _report()["figures"]
+    figures = journal_evaluation(journal, _report())
+    journal.append(TRIAL_FILE, {"kind": "status", "status": "FINISHED"})
+    assert figures == _report()["figures"] and journal.view().final_figures == figures
+    assert _send(tracking, journal) == run_id
+    run = tracking.client.get_run(run_id)
+    assert run.info.status == "FINISHED" and json.loads(run.data.tags[TAG_FINAL_KEYS]) == list(figures)
     assert len(tracking.client.search_runs([tracking.experiment_id],
                                            filter_string=f"tags.`{TAG_PARENT}` = '{parent}'")) == 1
 
@@ -80,10 +92,10 @@ def test_child_run_is_created_once_then_resumed_then_reported_finished(tracking)
 def test_evaluation_artifacts(tracking, tmp_path):
     parent = tracking.start_parent("sweep-b", {"x": 1})
     trial = _trial("simclr", 1)
-    run_id, _ = open_trial_run(tracking, parent, trial, trial.build_config())
-    log_evaluation(tracking, run_id, _report())
-    run = tracking.client.get_run(run_id)
-    assert json.loads(run.data.tags[TAG_FINAL_KEYS]) == list(_report()["figures"])
+    journal = TrialJournal(Storage(str(tmp_path / "journal")))
+    journal_start(journal, parent, trial, trial.build_config())
+    journal_evaluation(journal, _report())
+    run_id = _send(tracking, journal)
     assert {item.path for item in tracking.client.list_artifacts(run_id)} == {"per_class.csv", "per_class.png",
                                                                                 EVAL_REPORT}
     table = tracking.client.download_artifacts(run_id, "per_class.csv", str(tmp_path))

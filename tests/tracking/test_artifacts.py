@@ -15,12 +15,12 @@ from ltray.errors import DataError, LtrayError
 from ltray.eval.metrics import format_summary_table, summarize_runs
 from ltray.tracking.artifacts import (
     fetch_sweep_summary,
-    log_run_artifacts,
     log_sweep_summary,
     per_class_table,
     plot_per_class,
     summary_csv,
     sweep_summary_metrics,
+    write_run_artifacts,
 )
 from ltray.tracking.runs import SweepTracking
 from ltray.tracking.server import MlflowServer, free_port
@@ -94,21 +94,16 @@ def _download_text(client: MlflowClient, run_id: str, name: str, folder: Path) -
     return Path(client.download_artifacts(run_id, name, str(folder))).read_text()
 
 
-@pytest.mark.slow
-def test_run_artifacts_on_server(mlflow_server: MlflowServer, experiment_name: str, tmp_path: Path) -> None:
-    tracking = SweepTracking(mlflow_server.tracking_uri, experiment_name)
-    run_id = tracking.start_child(tracking.start_parent("art", {}, {}), "t", {})
-    log_run_artifacts(tracking.client, run_id, ACCURACY, COUNTS, GROUPS, class_names=["cat", "dog", "ship", "frog"])
-    names = sorted(item.path for item in tracking.client.list_artifacts(run_id))
-    assert names == ["per_class.csv", "per_class.png"]
-    rows = list(csv.DictReader(io.StringIO(_download_text(tracking.client, run_id, "per_class.csv", tmp_path))))
+def test_run_artifacts_are_the_per_class_table_and_plot(tmp_path: Path) -> None:
+    paths = write_run_artifacts(tmp_path, ACCURACY, COUNTS, GROUPS, class_names=["cat", "dog", "ship", "frog"])
+    assert paths == [tmp_path / "per_class.csv", tmp_path / "per_class.png"]
+    rows = list(csv.DictReader(io.StringIO(paths[0].read_text())))
     assert [row["class_name"] for row in rows] == ["cat", "dog", "ship", "frog"]
     assert [row["group"] for row in rows] == ["many", "medium", "medium", "few"]
     assert [int(row["train_count"]) for row in rows] == COUNTS
     assert [float(row["accuracy"]) for row in rows[:3]] == ACCURACY[:3]
     assert rows[3]["accuracy"] == "nan"
-    png = Path(tracking.client.download_artifacts(run_id, "per_class.png", str(tmp_path)))
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert paths[1].read_bytes()[:4] == b"\x89PNG"
 
 
 def _finished_child(tracking: SweepTracking, parent: str, trial: str, config: str, report: dict[str, float]) -> str:

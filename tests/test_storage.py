@@ -9,12 +9,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ltray.cluster.preflight import PreflightError, check_mak_storage, storage_problem, write_marker
-from ltray.cluster.storage import Storage, resolve_storage
-from ltray.cluster.train_worker import MlflowTarget, TrainSettings, fit_in_process
+from ltray.storage import Storage, resolve_storage
+from ltray.cluster.train_worker import TrainSettings, fit_in_process
 from ltray.config import load_config
 from ltray.errors import ConfigError
+from ltray.tracking.journal import TRAINING_FILE, TRIAL_FILE, JournalUploader, TrialJournal
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_storage_root_precedence(tmp_path, monkeypatch):
@@ -83,23 +84,28 @@ def test_in_process_run_on_s3_keeps_its_newest_checkpoints_there_and_resumes(s3_
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("s3")).info.run_id
-    target = MlflowTarget(uri, "s3", run_id)
+    parent = client.create_run(client.create_experiment("s3")).info.run_id
+    journal = TrialJournal(resolve_storage(s3_storage).child("tracking", "trial_a"))
+    journal.append(TRIAL_FILE, {"kind": "run", "parent": parent, "name": "trial_a", "params": {}, "tags": {}})
     settings = TrainSettings(storage_path=f"{s3_storage}/train_runs", workers=0, keep_checkpoints=2)
 
     def config(epochs: int):
         return load_config(ROOT / "experiments" / "configs" / "digits_tiny.yaml", {
             "optim.epochs": epochs, "optim.batch_size": 64, "optim.warmup_epochs": 1, "run.checkpoint_every": 1})
 
-    assert fit_in_process(config(2), "trial_a", settings, target).metrics["epoch"] == 2.0
+    assert fit_in_process(config(2), "trial_a", settings, journal).metrics["epoch"] == 2.0
     run = Storage(settings.storage_path).child("trial_a")
     assert run.child("checkpoints").children() == ["epoch_0001.pt", "epoch_0002.pt"]
-    second = fit_in_process(config(3), "trial_a", settings, target)
+    second = fit_in_process(config(3), "trial_a", settings, journal)
     assert second.metrics["epoch"] == 3.0
     assert run.child("checkpoints").children() == ["epoch_0002.pt", "epoch_0003.pt"]
     assert len(run.child("metrics.jsonl").read_text().splitlines()) == 3
     with second.checkpoint.as_directory() as folder:
         assert sorted(p.name for p in Path(folder).iterdir()) == ["epoch_0002.pt", "epoch_0003.pt"]
+    assert [r["step"] for r in journal.read(TRAINING_FILE) if r["kind"] == "epoch"] == [1, 2, 3]
+    uploader = JournalUploader(journal, uri, "s3")
+    assert uploader.sync_once()
+    run_id = uploader.run_id
     assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [1, 2, 3]
     assert [m.value for m in client.get_metric_history(run_id, "resumed_at_epoch")] == [2.0]
     assert not (tmp_path / "s3:").exists()  # nothing went through pathlib on the URI
