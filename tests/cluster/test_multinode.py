@@ -121,18 +121,18 @@ def _s3_text(cluster, uri: str) -> str:
 
 def test_main_job_with_storage_on_s3(two_nodes):
     """The same sweep with its storage on an S3-compatible server on the head: checkpoints, Tune's state and the
-    summary are objects in the bucket; nothing is written to a local `s3:` folder. Its trials run two workers of
-    half a CPU each, packed by Ray Train onto one node (the two trials at once, one per node), which gives the
-    one-node side of the loss comparison below."""
+    summary are objects in the bucket; nothing is written to a local `s3:` folder. Its SimCLR trial runs two
+    workers of half a CPU each, packed by Ray Train onto one node, which gives the one-node side of the loss
+    comparison below."""
     storage = two_nodes.start_s3("ltray-sweeps")
     groups_before = _train_worker_nodes(two_nodes)
     done, _ = _sweep(two_nodes, "twonode-s3", "--workers-per-trial", "2", "--cpus-per-worker", "0.5",
-                     "--mlflow-uri", two_nodes.tracking_uri, "--storage", storage)
+                     "--axis", "method.name=simclr", "--mlflow-uri", two_nodes.tracking_uri, "--storage", storage)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     groups = {g: nodes for g, nodes in _train_worker_nodes(two_nodes).items() if g not in groups_before}
-    assert len(groups) >= 2 and all(len(nodes) == 1 for nodes in groups.values()), groups  # both workers on one node
+    assert groups and all(len(nodes) == 1 for nodes in groups.values()), groups  # both workers on one node
     runs = _child_runs(two_nodes, "twonode-s3")
-    assert len(runs) == 2 and set(runs.values()) == {"FINISHED"}, runs
+    assert len(runs) == 1 and set(runs.values()) == {"FINISHED"}, runs
     files = _s3_files(two_nodes, storage)
     for trial in runs:
         checkpoints = sorted(path for path in files if f"/twonode-s3/train_runs/{trial}/checkpoint_" in path
@@ -145,15 +145,15 @@ def test_main_job_with_storage_on_s3(two_nodes):
 
 
 def test_two_workers_give_the_same_losses_across_nodes_and_on_one_node(two_nodes):
-    """The two sweeps above train the same trial configurations with two DDP workers: one worker per node over the
-    veth link, and both workers on one node. Every epoch's loss is the same."""
+    """The two sweeps above train the same SimCLR trial with two DDP workers: one worker per node over the veth
+    link, and both workers on one node. Every epoch's loss is the same."""
     across, one_node = _loss_histories(two_nodes, "twonode"), _loss_histories(two_nodes, "twonode-s3")
     if not across or not one_node:
         pytest.skip("needs the two main-job sweeps of this module (run the whole module)")
-    assert set(across) == set(one_node) and len(across) == 2
-    for trial, history in across.items():
+    assert list(one_node) == ["simclr_temperature=0.2_split=1"] and set(one_node) < set(across)
+    for trial, history in one_node.items():
         assert [epoch for epoch, _ in history] == [1, 2], history
-        assert [loss for _, loss in history] == pytest.approx([loss for _, loss in one_node[trial]], rel=1e-6), trial
+        assert [loss for _, loss in across[trial]] == pytest.approx([loss for _, loss in history], rel=1e-6), trial
 
 
 def test_unshared_storage_is_refused_before_training(two_nodes):

@@ -1,5 +1,5 @@
 """A real MLflow server whose process group is killed in the middle of a sweep (`experiments/sweep_colt.py`-style
-script on the session's Ray head, a tiny digits-lt sweep of one 12-epoch in-process trial): the trial trains on, its records
+script on the session's Ray head, a tiny digits-lt sweep of 12-epoch in-process trials): the trial trains on, its records
 wait in its journal and reach MLflow once the server is back; a server that never comes back ends the sweep with
 exit 3 and one line, and `ltray sync` sends the rest later."""
 
@@ -24,71 +24,79 @@ OUTAGE_S = 60.0
 
 
 def _start_sweep(config: Path, name: str, uri: str, storage: Path, env: dict[str, str], cwd: Path,
-                 log: Path) -> subprocess.Popen[str]:
+                 log: Path, *extra: str) -> subprocess.Popen[str]:
     args = [PYTHON, str(ROOT / "experiments" / "sweep_colt.py"), "--config", str(config), "--address", "auto",
-            "--mlflow-uri", uri, "--name", name, "--storage", str(storage), "--workers-per-trial", "0"]
+            "--mlflow-uri", uri, "--name", name, "--storage", str(storage), "--workers-per-trial", "0", *extra]
     return subprocess.Popen(args, env=env, cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
 
 
-def _child(client: MlflowClient, sweep: str):
+def _children(client: MlflowClient, sweep: str) -> list:
     experiment = client.get_experiment_by_name("ltray-tests")
     if experiment is None:
-        return None
-    runs = client.search_runs([experiment.experiment_id],
+        return []
+    return client.search_runs([experiment.experiment_id],
                               filter_string=f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_ROLE}` = '{ROLE_CHILD}'")
+
+
+def _child(client: MlflowClient, sweep: str):
+    runs = _children(client, sweep)
     return runs[0] if runs else None
-
-
-def _wait_for_epoch(client: MlflowClient, sweep: str, epoch: int, sweep_process, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and sweep_process.poll() is None:
-        child = _child(client, sweep)
-        if child is not None and any(m.step >= epoch for m in client.get_metric_history(child.info.run_id, "loss")):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"epoch {epoch} never reached MLflow (sweep exit {sweep_process.poll()})")
 
 
 def _loss_steps(client: MlflowClient, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "loss"))
 
 
-def _run(config: Path, name: str, uri: str, storage: Path, env: dict[str, str], cwd: Path) -> tuple[int, float, str]:
-    log = cwd / f"{name}.log"
-    started = time.monotonic()
-    sweep = _start_sweep(config, name, uri, storage, env, cwd, log)
-    code = sweep.wait(timeout=600)
-    return code, time.monotonic() - started, log.read_text()
+def _wait_for(condition, sweep_process, what: str, timeout_s: float = 300.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and sweep_process.poll() is None:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"{what} never happened (sweep exit {sweep_process.poll()})")
 
 
 def test_a_server_back_after_a_minute_loses_nothing(ray_head, tmp_path, tiny_sweep):
-    config = tiny_sweep(tmp_path, splits=(1,), epochs=EPOCHS)
+    """Two trials one after the other: the first runs undisturbed (its time, from the sweep's start, is the
+    uninterrupted time); during the second the server's process group is killed at epoch 3 and started again on
+    the same store 60 s later."""
+    config = tiny_sweep(tmp_path, splits=(1, 2), epochs=EPOCHS)
     port = free_port()
     server = MlflowServer(tmp_path / "store", port=port, startup_timeout_s=180.0)
     uri = server.start()
     try:
-        code, uninterrupted_s, output = _run(config, "steady", uri, tmp_path / "storage", ray_head.env(), tmp_path)
-        assert code == 0, output[-3000:]
-
         log = tmp_path / "outage.log"
         started = time.monotonic()
-        sweep = _start_sweep(config, "outage", uri, tmp_path / "storage", ray_head.env(), tmp_path, log)
+        sweep = _start_sweep(config, "outage", uri, tmp_path / "storage", ray_head.env(), tmp_path, log,
+                             "--max-concurrent", "1")
         client = MlflowClient(uri)
-        _wait_for_epoch(client, "outage", KILL_AT_EPOCH, sweep)
+
+        def second_at_kill_epoch():
+            runs = _children(client, "outage")
+            finished = [r for r in runs if r.info.status == "FINISHED"]
+            running = [r for r in runs if r.info.status == "RUNNING"]
+            if finished and running and max(_loss_steps(client, running[0].info.run_id), default=0) >= KILL_AT_EPOCH:
+                return finished[0], running[0]
+            return None
+
+        first_done = _wait_for(lambda: any(r.info.status == "FINISHED" for r in _children(client, "outage")),
+                               sweep, "the first trial's end") and time.monotonic()
+        _, second = _wait_for(second_at_kill_epoch, sweep, f"epoch {KILL_AT_EPOCH} of the second trial")
         server.kill()
         time.sleep(OUTAGE_S)
         server = MlflowServer(tmp_path / "store", port=port, startup_timeout_s=180.0)
         server.start()
         code = sweep.wait(timeout=600)
-        took = time.monotonic() - started
+        second_took, uninterrupted = time.monotonic() - first_done, first_done - started
         output = log.read_text()
         assert code == 0, output[-3000:]
-        assert took <= uninterrupted_s + 120, (took, uninterrupted_s)
-        child = _child(client, "outage")
-        assert child.info.status == "FINISHED"
-        assert _loss_steps(client, child.info.run_id) == list(range(1, EPOCHS + 1))
-        assert {a.path for a in client.list_artifacts(child.info.run_id)} >= {"per_class.csv", "per_class.png",
-                                                                             "eval_report.json"}
+        assert second_took <= uninterrupted + 120, (second_took, uninterrupted)
+        second = client.get_run(second.info.run_id)
+        assert second.info.status == "FINISHED"
+        assert _loss_steps(client, second.info.run_id) == list(range(1, EPOCHS + 1))
+        assert {a.path for a in client.list_artifacts(second.info.run_id)} >= {"per_class.csv", "per_class.png",
+                                                                              "eval_report.json"}
         assert output.count("is not answering") == 1 and output.count("answers again") == 1, output[-3000:]
         assert "Traceback" not in output
     finally:
@@ -102,12 +110,14 @@ def test_a_server_that_never_comes_back_ends_with_one_line_and_ltray_sync_sends_
     server = MlflowServer(tmp_path / "store", port=port, startup_timeout_s=180.0)
     uri = server.start()
     storage = tmp_path / "storage"
-    env = {**ray_head.env(), "LTRAY_TRACKING_WAIT_S": "15"}
+    env = {**ray_head.env(), "LTRAY_TRACKING_WAIT_S": "5"}
     try:
         log = tmp_path / "gone.log"
         sweep = _start_sweep(config, "gone", uri, storage, env, tmp_path, log)
         client = MlflowClient(uri)
-        _wait_for_epoch(client, "gone", KILL_AT_EPOCH, sweep)
+        _wait_for(lambda: (child := _child(client, "gone")) is not None
+                  and max(_loss_steps(client, child.info.run_id), default=0) >= KILL_AT_EPOCH,
+                  sweep, f"epoch {KILL_AT_EPOCH}")
         server.kill()
         final = storage / "gone" / "train_runs"
         trained_at = None
