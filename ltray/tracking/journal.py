@@ -36,7 +36,7 @@ TRIAL_FILE = "trial.jsonl"
 TRAINING_FILE = "training.jsonl"
 FILES_FOLDER = "files"
 EPOCH_KEY = "loss"
-RETRY_MAX_S = 15.0
+RETRY_MAX_S = 5.0
 POLL_S = 1.0
 # MLflow's HTTP client retries a failed request for minutes by default; a journaled record can wait instead
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",

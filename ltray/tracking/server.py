@@ -224,14 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allowed-hosts", default=None, help="forwarded to mlflow server --allowed-hosts")
     args = parser.parse_args(argv)
     server = MlflowServer(args.store, port=args.port, host=args.host, allowed_hosts=args.allowed_hosts)
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # before the start: a stop may come while it starts
+        signal.signal(signum, _interrupt)
     try:
         uri = server.start()
     except LtrayError as error:
         print(f"ltray: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the start stopped the server already
+        return 0
     print(f"MLflow tracking server: {uri}  (store {server.store_dir}; log {server.log_path}); Ctrl-C stops it", flush=True)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
     try:
         while server.is_running():
             time.sleep(1.0)

@@ -21,7 +21,7 @@ from ltray.tracking.runs import SweepTracking
 from ltray.train.checkpoint import latest_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-EPOCHS = 8
+EPOCHS = 6
 
 
 def _worker_pids() -> list[int]:

@@ -20,7 +20,7 @@ from ltray.cli import main as ltray_main
 from ltray.tracking.runs import TAG_CONFIG_KEY, TAG_FINAL_KEYS, TAG_PARENT, TAG_REFERENCE_BACKED, TAG_ROLE, TAG_SWEEP
 
 ROOT = Path(__file__).resolve().parents[2]
-EPOCHS = 4
+EPOCHS = 3
 EXPERIMENT = "ltray-tests"
 
 
