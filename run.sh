@@ -29,6 +29,6 @@ cmd="${1:-help}"
 case "$cmd" in
     setup) setup ;;
     sweep) setup; exec "$PY" experiments/sweep_colt.py "$@" ;;
-    test)  setup; exec "$PY" -m pytest -q "$@" ;;
+    test)  setup; exec "$PY" -m pytest -q --durations=25 "$@" ;;
     *) sed -n '2,5p' "$0" | sed 's/^# //'; exit 2 ;;
 esac

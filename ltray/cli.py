@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(ev)
     ev.add_argument("--checkpoint", required=True, help="an ltray checkpoint, or a published one with --published")
     ev.add_argument("--published", action="store_true", help="the checkpoint comes from the SDCLR/COLT/MAK code")
-    ev.add_argument("--out", help="write the report JSON here (default: beside the checkpoint)")
+    ev.add_argument("--out", help="write the report JSON here, a new file (default: beside the checkpoint, "
+                                  "<name>_eval.json, else <name>_eval_<protocol>.json, else ..._2.json, ...)")
     ev.set_defaults(func=cmd_eval)
 
     rep = sub.add_parser("report", help="summary table (mean ± std over splits) of a sweep or of eval reports")

@@ -343,10 +343,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            mapping = read_yaml(p.read_text()) or {}
+            mapping = read_yaml(p.read_text())
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
             raise ConfigError(f"config file {p} is not valid YAML: {first}") from None
+        if mapping is None or mapping == {}:
+            raise ConfigError(f"config file {p} is empty; leave out --config to train with the defaults")
         if not isinstance(mapping, dict):
             raise ConfigError(f"config file {p} must hold a mapping at the top level")
         _apply_mapping(cfg, mapping)
@@ -395,7 +397,7 @@ def validate(cfg: Config) -> None:
     _check(mo.width > 0, f"model.width must be > 0, got {mo.width}")
     _check(m.temperature > 0, f"method.temperature must be > 0, got {m.temperature}")
     parse_method(m.name)
-    _check(0 <= m.sdclr.prune_ratio < 1, f"method.sdclr.prune_ratio must be in [0, 1), got {m.sdclr.prune_ratio}")
+    _check(0 <= m.sdclr.prune_ratio <= 1, f"method.sdclr.prune_ratio must be in [0, 1], got {m.sdclr.prune_ratio}")
     _check(
         0 <= m.sdclr.random_prune_fraction <= m.sdclr.prune_ratio,
         "method.sdclr.random_prune_fraction must be in [0, prune_ratio]",
@@ -409,6 +411,10 @@ def validate(cfg: Config) -> None:
     _check(0 < m.bcl.strength <= 30, "method.bcl.strength must be in (0, 30]")
     _check(m.gh.target_dim >= 2, "method.gh.target_dim must be >= 2")
     _check(m.gh.warmup >= 0, f"method.gh.warmup must be >= 0, got {m.gh.warmup}")
+    method = parse_method(m.name)
+    _check(not method.has("gh") or m.gh.warmup < o.epochs,
+           f"method.gh.warmup={m.gh.warmup} leaves GH off for the whole run (its weight is 0 up to epoch "
+           f"{m.gh.warmup}, optim.epochs={o.epochs}): set method.gh.warmup below {o.epochs}")
     _check(m.gh.ramp_epochs >= 1, "method.gh.ramp_epochs must be >= 1")
     _check(0 <= m.gh.beta < 1, "method.gh.beta must be in [0, 1)")
     _check(m.gh.sinkhorn_iters >= 1, "method.gh.sinkhorn_iters must be >= 1")
@@ -422,6 +428,9 @@ def validate(cfg: Config) -> None:
     c = m.colt
     _check(c.warmup >= 0, f"method.colt.warmup must be >= 0, got {c.warmup}")
     _check(c.interval >= 1, f"method.colt.interval must be >= 1, got {c.interval}")
+    _check(not method.has("colt") or c.warmup < o.epochs,
+           f"method.colt.warmup={c.warmup} leaves COLT off for the whole run (its first resample starts epoch "
+           f"{c.warmup + 1}, optim.epochs={o.epochs}): set method.colt.warmup below {o.epochs}")
     _check(c.budget >= 1, f"method.colt.budget must be >= 1, got {c.budget}")
     _check(c.topk >= 1, "method.colt.topk must be >= 1")
     _check(c.clusters >= 1, "method.colt.clusters must be >= 1")

@@ -4,8 +4,10 @@ accuracy, Many / Medium / Few and their Std (specs/data_and_eval.md §3, §8).""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import torch.nn as nn
 
 from ltray.config import Config, config_from_dict
 from ltray.data.loading import RunData, load_run_data
-from ltray.errors import CheckpointError, LtrayError
+from ltray.errors import CheckpointError, ConfigError, LtrayError
 from ltray.eval.features import extract_features
 from ltray.eval.metrics import format_summary_table, group_classes, summarize_runs
 from ltray.eval.probe import (
@@ -245,6 +247,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, *, published: bool = False
 
     device = select_device(cfg.run.device)
     path = Path(checkpoint)
+    targets = report_targets(path, out, cfg.eval.protocol)
     if published:
         from ltray.models.published import load_published_backbone
         from ltray.models.resnet import build_backbone
@@ -257,15 +260,41 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, *, published: bool = False
     report = evaluate_backbone(cfg, backbone, data, device)
     report.update({"checkpoint": str(path), "dataset": cfg.data.dataset, "split": cfg.data.split,
                    "method": cfg.method.name})
-    target = Path(out) if out else path.with_name(path.stem + "_eval.json")
-    if target.exists() and not out:
-        target = path.with_name(path.stem + f"_eval_{cfg.eval.protocol}.json")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(target)
-    report["report_path"] = str(target)
+    report["report_path"] = str(write_new_file(targets, json.dumps(report, indent=2)))
     return report
+
+
+def report_targets(checkpoint: Path, out: str | None, protocol: str) -> Iterator[Path]:
+    """Where `ltray eval` may write its report, in order of preference; never an existing file. `--out` names one
+    path (refused at once when it exists); by default `<checkpoint>_eval.json`, then `..._eval_<protocol>.json`,
+    then `..._eval_<protocol>_2.json`, `_3`, ..."""
+    if out is not None:
+        target = Path(out)
+        if target.exists() or target.resolve() == checkpoint.resolve():
+            raise ConfigError(f"--out {out} already exists; ltray eval never overwrites a file: give a new path")
+        return iter([target])
+
+    def defaults() -> Iterator[Path]:
+        yield checkpoint.with_name(f"{checkpoint.stem}_eval.json")
+        yield checkpoint.with_name(f"{checkpoint.stem}_eval_{protocol}.json")
+        for counter in itertools.count(2):
+            yield checkpoint.with_name(f"{checkpoint.stem}_eval_{protocol}_{counter}.json")
+
+    return (target for target in defaults() if not target.exists())
+
+
+def write_new_file(targets: Iterator[Path], text: str) -> Path:
+    """Write `text` to the first of `targets` that does not exist; the file is created exclusively, so a file
+    another process creates meanwhile is never replaced (the next target is taken)."""
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with target.open("x") as file:
+                file.write(text)
+        except FileExistsError:
+            continue
+        return target
+    raise ConfigError("the report's file was created by another process meanwhile; nothing was overwritten")
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -278,7 +307,7 @@ def format_report(report: dict[str, Any]) -> str:
             name = f"{prefix}_{key}"
             if name in figures:
                 value = figures[name]
-                parts.append(f"{key} {value:.4f}" if key.endswith("std") else f"{key} {value:.2f}")
+                parts.append(f"{key} {value:.2f}")
         lines.append(f"  {prefix:>7}: " + ", ".join(parts))
     names = report.get("class_names") or [str(i) for i in range(len(report["pretrain_counts"]))]
     first = next(iter(report["per_class"]))

@@ -49,7 +49,7 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
         ("data.dataset=mnist", "data.dataset must be one of"),
         ("method.temperature=0", "method.temperature must be > 0"),
         ("optim.batch_size=1", "optim.batch_size must be >= 2"),
-        ("method.sdclr.prune_ratio=1.0", "prune_ratio must be in [0, 1)"),
+        ("method.sdclr.prune_ratio=1.5", "prune_ratio must be in [0, 1]"),
         ("optim.nope=3", "unknown config key 'optim.nope'"),
     ],
 )
@@ -155,3 +155,80 @@ def test_splits_make_for_a_new_data_set_checks_its_labels_and_asks_for_the_hold_
     assert code == 0 and "mine_split1.json" in printed
     code, printed, _ = run_cli(capsys, "splits", "show", str(out), "--dataset", "mine", "--split", "1")
     assert code == 0 and "val:" in printed and "counts [5, 5, 5]" in printed
+
+
+def test_eval_never_writes_over_its_checkpoint_or_an_existing_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"the checkpoint's bytes")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    config = ["--set", "data.dataset=digits-lt"]
+    for target in (checkpoint, notes):
+        code, _, err = run_cli(capsys, "eval", *config, "--checkpoint", str(checkpoint), "--out", str(target))
+        assert_one_line_error(code, err, f"--out {target} already exists")
+    assert checkpoint.read_bytes() == b"the checkpoint's bytes" and notes.read_text() == "my notes\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "notes.txt"]
+
+
+def test_default_report_names_never_collide(tmp_path: Path) -> None:
+    from ltray.evaluate import report_targets, write_new_file
+
+    checkpoint = tmp_path / "epoch_0002.pt"
+    first = write_new_file(report_targets(checkpoint, None, "sdclr_sgd"), "first")
+    second = write_new_file(report_targets(checkpoint, None, "sdclr_sgd"), "second")
+    third = write_new_file(report_targets(checkpoint, None, "sdclr_sgd"), "third")
+    assert [first.name, second.name, third.name] == [
+        "epoch_0002_eval.json", "epoch_0002_eval_sdclr_sgd.json", "epoch_0002_eval_sdclr_sgd_2.json"]
+    assert [first.read_text(), second.read_text(), third.read_text()] == ["first", "second", "third"]
+
+
+def test_a_gh_warm_up_as_long_as_the_run_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "pretrain", "--set", "data.dataset=digits-lt", "--set", "method.name=sdclr+gh",
+                           "--set", "method.gh.warmup=10", "--set", "optim.epochs=2",
+                           "--set", f"run.output_dir={tmp_path / 'runs'}")
+    assert_one_line_error(code, err, "method.gh.warmup=10 leaves GH off for the whole run")
+    assert "optim.epochs=2" in err
+    code, _, err = run_cli(capsys, "pretrain", "--set", "method.name=colt", "--set", "method.colt.warmup=5",
+                           "--set", "optim.epochs=5", "--set", f"run.output_dir={tmp_path / 'runs'}")
+    assert_one_line_error(code, err, "method.colt.warmup=5 leaves COLT off for the whole run")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_shipped_config_keeps_the_methods_it_names_active() -> None:
+    from ltray.config import load_config
+
+    for name in ("simclr", "sdclr+gh", "gh", "colt", "focal+gh", "bcl+gh"):
+        load_config(REPO / "experiments" / "configs" / "embedded_simclr.yaml", {"method.name": name})
+
+
+def test_an_empty_config_file_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("\n# nothing here\n")
+    code, _, err = run_cli(capsys, "pretrain", "--config", str(empty), "--set", f"run.output_dir={tmp_path / 'runs'}")
+    assert_one_line_error(code, err, "is empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.yaml"]
+
+
+def test_a_random_bytes_checkpoint_never_suggests_unsafe_loading(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    random_bytes = tmp_path / "random.pt"
+    random_bytes.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    for published in ([], ["--published"]):
+        code, _, err = run_cli(capsys, "eval", "--set", "data.dataset=digits-lt", "--checkpoint", str(random_bytes),
+                               *published)
+        assert_one_line_error(code, err, "cannot read checkpoint")
+        assert "weights_only" not in err and "trust" not in err and "arbitrary code" not in err
+
+
+def test_a_failed_pool_import_leaves_no_folder_behind(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    listing = tmp_path / "pool.txt"
+    listing.write_text("missing/a.png 0\nmissing/b.png 1\n")
+    code, _, err = run_cli(capsys, "pool", "import", str(listing), "--kind", "list", "--root", str(images),
+                           "--size", "16", "--out", str(tmp_path / "pools" / "mine"))
+    assert_one_line_error(code, err, "a.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "pool.txt"]

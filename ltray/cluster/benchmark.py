@@ -13,7 +13,6 @@ With 5 splits that needs a mean difference of about 1.24 times the std of the di
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -63,11 +62,6 @@ def table_figures(results: Sequence[TrialResult]) -> list[tuple[str, str]]:
     if shots:
         figures.append((shots, f"{shots[4:-4]}-shot"))
     return figures
-
-
-def display(key: str, value: float) -> float:
-    """Accuracies in %, Std (a fraction) in points of % like the papers' tables."""
-    return value * 100.0 if key in STD_FIGURES else value
 
 
 def collect_results(tracking_uri: str, parent_run_id: str, per_class_of: Sequence[str] = ()) -> list[TrialResult]:
@@ -134,16 +128,17 @@ def paired(method: Mapping[int, TrialResult], baseline: Mapping[int, TrialResult
     splits = sorted(k for k in method if k in baseline and key in method[k].figures and key in baseline[k].figures)
     if not splits:
         return None
-    diffs = [display(key, method[k].figures[key]) - display(key, baseline[k].figures[key]) for k in splits]
+    ours = [method[k].figures[key] for k in splits]
+    theirs = [baseline[k].figures[key] for k in splits]
+    diffs = [a - b for a, b in zip(ours, theirs)]
     mean = statistics.fmean(diffs)
     std = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
     if len(diffs) < 2:
         p_value = 1.0
-    elif std == 0.0:
+    elif std == 0.0:  # the t statistic is undefined; a constant non-zero difference is as certain as it gets
         p_value = 0.0 if mean != 0.0 else 1.0
     else:
-        t = mean / (std / math.sqrt(len(diffs)))
-        p_value = float(2.0 * stats.t.sf(abs(t), len(diffs) - 1))
+        p_value = float(stats.ttest_rel(ours, theirs).pvalue)
     return Paired(mean, std, len(diffs), sum(d > 0 for d in diffs), p_value)
 
 
@@ -164,7 +159,7 @@ def figures_table(grouped: Mapping[str, Mapping[int, TrialResult]], order: Seque
         runs = grouped[config]
         cells = []
         for key, _ in figures:
-            values = [display(key, r.figures[key]) for r in runs.values() if key in r.figures]
+            values = [r.figures[key] for r in runs.values() if key in r.figures]
             cells.append(_cell(values) if values else "-")
         lines.append(_row([config, str(len(runs)), *cells]))
     return lines

@@ -24,7 +24,7 @@ from ltray.storage import Storage, resolve_storage
 from ltray.tracking.sync import (SweepRecord, SyncResult, close_unfinished, journal_summary_rows, sync_sweep,
                                  tracking_wait_s, write_sweep_record)
 from ltray.cluster.summary import sweep_markdown, sweep_title
-from ltray.cluster.trial import DRIVER_MEMORY_BYTES, FINAL_MARK, TrialContext, run_trial
+from ltray.cluster.trial import DRIVER_MEMORY_BYTES, FINAL_MARK, TRACKING_PENDING, TrialContext, run_trial
 from ltray.cluster.train_worker import TrainSettings
 from ltray.errors import ConfigError, LtrayError
 
@@ -209,7 +209,7 @@ def _new_tuner(spec: SweepSpec, trials: list[Trial], trainable: Any, root: Stora
         )
     return tune.Tuner(
         trainable,
-        param_space={"trial": tune.grid_search([trial.name for trial in trials])},
+        param_space=tune_param_space(trials),
         tune_config=tune.TuneConfig(
             max_concurrent_trials=concurrent, scheduler=scheduler,
             # an in-process trial's actor imports torch and ltray once and runs the next trials too (~10 CPU-seconds
@@ -223,6 +223,36 @@ def _new_tuner(spec: SweepSpec, trials: list[Trial], trainable: Any, root: Stora
             failure_config=tune.FailureConfig(max_failures=spec.max_failures if spec.resources.in_process else 0),
         ),
     )
+
+
+SHOWN_ALWAYS = ("method.name", "data.split", "run.seed")
+
+
+def trial_axis_values(trials: list[Trial]) -> dict[str, dict[str, Any]]:
+    """trial name -> {key: value} for the method, split, seed and every axis key of the sweep, so Tune's tables,
+    result data frames, `params.json` and the dashboard show what each trial is. A key that does not apply to a
+    trial (e.g. a GH setting of a SimCLR trial) is None."""
+    keys = list(SHOWN_ALWAYS) + [key for trial in trials for key in trial.overrides if key not in SHOWN_ALWAYS]
+    keys = list(dict.fromkeys(keys))
+    table = {}
+    for trial in trials:
+        cfg = trial.config
+        values = {"method.name": cfg["method"]["name"], "data.split": cfg["data"]["split"],
+                  "run.seed": cfg["run"]["seed"]}
+        table[trial.name] = {key: trial.overrides.get(key, values.get(key)) for key in keys}
+    return table
+
+
+def tune_param_space(trials: list[Trial]) -> dict[str, Any]:
+    """One grid entry per trial (`trial`: its name, which `run_trial` reads) plus each trial's axis values as
+    real entries of its config."""
+    from ray import tune
+
+    table = trial_axis_values(trials)
+    space: dict[str, Any] = {"trial": tune.grid_search([trial.name for trial in trials])}
+    for key in next(iter(table.values()), {}):
+        space[key] = tune.sample_from(lambda spec, key=key: table[spec.config["trial"]][key])
+    return space
 
 
 def _start_message(spec: SweepSpec, trials: list[Trial], concurrent: int) -> str:
@@ -297,7 +327,9 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
         record.status = "KILLED" if interrupted else ("FAILED" if errors else "FINISHED")
         write_sweep_record(sweep_dir, record)
         markdown, csv_text, rows = summarize_sweep(sweep_dir, grid, sweep_title(spec.name))
-        synced = sync_sweep(sweep_dir, record, tracking_uri, markdown, csv_text, rows, wait_s=wait_s, echo=echo)
+        kept_back = any((result.metrics or {}).get(TRACKING_PENDING) for result in results)
+        synced = sync_sweep(sweep_dir, record, tracking_uri, markdown, csv_text, rows, wait_s=wait_s, echo=echo,
+                            outage_seen=kept_back)
     except BaseException:
         if parent_run_id is not None:
             _mark_failed(tracking, parent_run_id)

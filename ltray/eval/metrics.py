@@ -4,8 +4,8 @@ Specification: specs/data_and_eval.md §3 (groups and per-run metrics) and §9 (
 
 Units, used everywhere in ltray:
 - accuracies (`all`, `many`, `medium`, `few`, `top1`, `top5`, per-class) are percentages in [0, 100];
-- `group_std` (the paper's "Std") and `class_std` are population standard deviations (ddof 0) of accuracies
-  written as fractions in [0, 1]. A `group_std` of 0.0523 is what SDCLR prints as 5.23 ("×100").
+- `group_std` (the papers' "Std") and `class_std` are population standard deviations (ddof 0) of those
+  percentages, so they are in points of %, as the papers print them (SDCLR's Std of 5.23 is `group_std` 5.23).
 """
 
 from __future__ import annotations
@@ -26,15 +26,13 @@ from ltray.errors import ConfigError, DataError
 
 Grouping = Literal["thirds", "thresholds", "lotar_343"]
 GROUP_NAMES: tuple[str, str, str] = ("many", "medium", "few")
-ACCURACY_METRICS: frozenset[str] = frozenset({"all", "many", "medium", "few", "top1", "top5"})
-STD_METRICS: frozenset[str] = frozenset({"group_std", "class_std"})
 METRIC_LABELS: dict[str, str] = {
     "all": "All (%)",
     "many": "Many (%)",
     "medium": "Medium (%)",
     "few": "Few (%)",
-    "group_std": "Std (fraction)",
-    "class_std": "class-std (fraction)",
+    "group_std": "Std (points)",
+    "class_std": "class-std (points)",
     "top1": "top-1 (%)",
     "top5": "top-5 (%)",
 }
@@ -152,9 +150,9 @@ def long_tail_report(
 ) -> dict[str, float]:
     """Per-run metrics of data_and_eval.md §3.
 
-    Keys: `all` (class-balanced mean of a_c, %), `class_std` (population std of a_c/100, fraction); with `groups`:
-    `many`, `medium`, `few` (unweighted means over each group's classes, %) and `group_std` (population std of the
-    three group accuracies as fractions: the paper's Std before its ×100); with `logits` and `targets`: `top1`, `top5`
+    Keys: `all` (class-balanced mean of a_c, %), `class_std` (population std of the a_c, in points of %); with
+    `groups`: `many`, `medium`, `few` (unweighted means over each group's classes, %) and `group_std` (population std
+    of the three group accuracies, in points of % as the papers' Std); with `logits` and `targets`: `top1`, `top5`
     (sample-level, %). A group with no class gets NaN (with a warning), as does `group_std` then.
     """
     accuracy = np.asarray(per_class_acc, dtype=np.float64)
@@ -167,7 +165,7 @@ def long_tail_report(
         )
     report: dict[str, float] = {
         "all": float(accuracy.mean()),
-        "class_std": float(np.std(accuracy / 100.0)),
+        "class_std": float(np.std(accuracy)),
     }
     if groups is not None:
         members = _validate_groups(groups, accuracy.size)
@@ -180,7 +178,7 @@ def long_tail_report(
                 value = float(accuracy[members[name]].mean())
             report[name] = value
             group_accuracy.append(value)
-        report["group_std"] = float(np.std(np.asarray(group_accuracy) / 100.0))
+        report["group_std"] = float(np.std(np.asarray(group_accuracy)))
     if (logits is None) != (targets is None):
         raise ConfigError("pass both logits and targets, or neither")
     if logits is not None and targets is not None:
@@ -261,22 +259,16 @@ def _summary_columns(rows: Sequence[tuple[str, Mapping[str, object]]]) -> list[s
     return [metric for metric in METRIC_LABELS if metric in present] + sorted(present - set(METRIC_LABELS))
 
 
-def is_std_metric(metric: str) -> bool:
-    """Std-type figures (fractions, 4 decimals): `group_std`, `class_std`, also probe-prefixed (`full_group_std`)."""
-    return any(metric == name or metric.endswith(f"_{name}") for name in STD_METRICS)
-
-
 def _format_cell(metric: str, summary: Mapping[str, object]) -> str:
     means: Mapping[str, float] = summary["mean"]  # type: ignore[assignment]
     if metric not in means:
         return "–"
-    digits = 4 if is_std_metric(metric) else 2
-    return f"{means[metric]:.{digits}f} ± {summary['std'][metric]:.{digits}f}"  # type: ignore[index]
+    return f"{means[metric]:.2f} ± {summary['std'][metric]:.2f}"  # type: ignore[index]
 
 
 def format_summary_table(rows: Sequence[tuple[str, Mapping[str, object]]]) -> str:
-    """Markdown table of (configuration, summary) rows: mean ± std, accuracies in % with 2 decimals, Std and
-    class-std as fractions with 4 decimals (labelled in the header); missing runs listed in the last column."""
+    """Markdown table of (configuration, summary) rows: mean ± std with 2 decimals, accuracies in %, Std and
+    class-std in points of % (labelled in the header); missing runs listed in the last column."""
     if not rows:
         raise ConfigError("no rows to format")
     columns = _summary_columns(rows)

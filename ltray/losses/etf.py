@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ltray.errors import ConfigError, DataError
+from ltray.errors import ConfigError, DataError, torch_load_reason
 
 EtfConstruction = Literal["qr", "polar"]
 ETF_TOLERANCE = 1e-5
@@ -157,7 +157,7 @@ def load_target_file(path: str | Path, k: int, d: int) -> torch.Tensor:
         else:
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DataError(f"cannot read GH target file {path}: {exc}") from exc
+        raise DataError(f"cannot read GH target file {path}: {torch_load_reason(exc)}") from None
     if isinstance(loaded, np.ndarray):
         if not np.issubdtype(loaded.dtype, np.number):
             raise DataError(f"GH target file {path} does not hold a numeric array")

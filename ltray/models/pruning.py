@@ -52,8 +52,8 @@ def magnitude_threshold(abs_weights: torch.Tensor, ratio: float) -> float:
 
 
 def _check_fractions(ratio: float, random_fraction: float) -> None:
-    if not 0.0 <= ratio < 1.0:
-        raise ConfigError(f"prune ratio must be in [0, 1), got {ratio!r}")
+    if not 0.0 <= ratio <= 1.0:
+        raise ConfigError(f"prune ratio must be in [0, 1], got {ratio!r}")
     if not 0.0 <= random_fraction <= ratio:
         raise ConfigError(f"random prune fraction must be in [0, prune ratio={ratio}], got {random_fraction!r}")
 

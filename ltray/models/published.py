@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ltray.errors import CheckpointError
+from ltray.errors import CheckpointError, torch_load_reason
 from ltray.models.branch import DENSE, PRUNED, DualBatchNorm, MaskedConv2d, set_branch
 from ltray.models.resnet import IMAGENET_MEAN, IMAGENET_STD
 
@@ -32,22 +32,13 @@ _OPTIONAL_LEAVES = ("num_batches_tracked", "prune_mask")
 _SHOWN_KEYS = 8
 
 
-def _reason(exc: Exception) -> str:
-    """One line out of torch.load's multi-paragraph errors: the unpickler's own complaint when there is one."""
-    text = " ".join(str(exc).split())
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1].split(" Please use", 1)[0].split(" Check the documentation", 1)[0]
-    return f"{type(exc).__name__}: {text.strip()}"
-
-
 def _read(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {os.fspath(path)}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated, foreign or unsafe pickles
-        raise CheckpointError(f"cannot read checkpoint {os.fspath(path)} (weights only): {_reason(exc)}") from exc
+        raise CheckpointError(f"cannot read checkpoint {os.fspath(path)} (weights only): {torch_load_reason(exc)}") from exc
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
         raise CheckpointError(f"{os.fspath(path)} is not a pre-training checkpoint (a dict with 'state_dict')")
     state = checkpoint["state_dict"]

@@ -337,8 +337,10 @@ def import_pool(
     chunks, total, shape, description = _source_chunks(text, kind, root, size, source_roots or {}, shard_rows)
     if total == 0:
         raise DataError(f"the pool source {text} is empty")
+    new_folders = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.importing-"))
+    imported = False
     try:
         shards: list[ShardInfo] = []
         written = 0
@@ -363,9 +365,16 @@ def import_pool(
         }
         _write_json(staged / MANIFEST, manifest)
         replace_folder(staged, target)
+        imported = True
     finally:
         if staged.exists():
             shutil.rmtree(staged, ignore_errors=True)
+        if not imported:  # a failed import leaves no folder behind that it created
+            for folder in new_folders:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
     return target
 
 

@@ -45,6 +45,12 @@ HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACK
 Echo = Callable[[str], None]
 
 
+def echo_line(text: str) -> None:
+    """Print one console line now: a Ray worker's stdout is a buffered file, and a trial's last lines would
+    otherwise die with its process."""
+    print(text, flush=True)
+
+
 def journal_folder(sweep_dir: Storage, trial: str) -> Storage:
     return sweep_dir.child(JOURNAL_FOLDER, trial)
 
@@ -136,18 +142,21 @@ class TrackingUnavailable(Exception):
 
 def limit_http_retries() -> None:
     """Bound MLflow's HTTP retries in this process (unless set by the user), so a request to a server that is down
-    fails in seconds and the uploader decides when to try again."""
+    fails in seconds and the uploader decides when to try again; urllib3's line per retry stays off the console
+    (the uploader prints one line per outage)."""
+    import logging
     import os
 
     for key, value in HTTP_LIMITS.items():
         os.environ.setdefault(key, value)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 class JournalUploader:
     """Sends one trial's journal to MLflow (see the module docstring). `sync_once` does one pass in the caller's
     thread; `start` runs passes in a background thread until `drain`."""
 
-    def __init__(self, journal: TrialJournal, tracking_uri: str, experiment: str, echo: Echo = print) -> None:
+    def __init__(self, journal: TrialJournal, tracking_uri: str, experiment: str, echo: Echo = echo_line) -> None:
         self.journal = journal
         self.tracking_uri = tracking_uri
         self.experiment = experiment

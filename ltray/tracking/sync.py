@@ -27,6 +27,7 @@ from ltray.tracking.journal import (
     JournalUploader,
     TrackingUnavailable,
     TrialJournal,
+    echo_line,
     journal_folder,
 )
 
@@ -130,9 +131,11 @@ def _sync_parent(record: SweepRecord, tracking_uri: str, markdown: str, csv_text
 
 
 def sync_sweep(sweep_dir: Storage, record: SweepRecord, tracking_uri: str, markdown: str, csv_text: str,
-               rows: list[Any], *, wait_s: float, echo: Echo = print) -> SyncResult:
+               rows: list[Any], *, wait_s: float, echo: Echo = echo_line, outage_seen: bool = False) -> SyncResult:
     """Send every journal of the sweep, then the parent's summary and status, trying for at most `wait_s` while
-    MLflow does not answer. Returns what was sent and what is still pending (with the last reason)."""
+    MLflow does not answer. Returns what was sent and what is still pending (with the last reason).
+    `outage_seen`: a trial ended with records MLflow did not get, so its console told of an outage; the line that
+    MLflow is back is then printed here."""
     from ltray.tracking.journal import limit_http_retries
 
     limit_http_retries()
@@ -154,9 +157,8 @@ def sync_sweep(sweep_dir: Storage, record: SweepRecord, tracking_uri: str, markd
             if not parent_done:
                 _sync_parent(record, tracking_uri, markdown, csv_text, rows)
                 parent_done = True
-            if result.reason is not None:
-                echo(f"tracking: MLflow at {tracking_uri} answers again after {time.monotonic() - started:.0f} s; "
-                     "the sweep's records are sent")
+            if result.reason is not None or outage_seen:
+                echo(f"tracking: MLflow at {tracking_uri} answers again; the sweep's records are sent")
             result.reason = None
             return result
         except TrackingUnavailable as error:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ltray.errors import CheckpointError
+from ltray.errors import CheckpointError, torch_load_reason
 from ltray.train import distributed as dist_utils
 
 FORMAT = "ltray-checkpoint-v1"
@@ -121,8 +121,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged or foreign file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason[:200]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {torch_load_reason(exc)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an ltray checkpoint (no '{FORMAT}' format marker)")
     return state

@@ -16,7 +16,7 @@ from ltray.cluster.benchmark import (
 from ltray.errors import LtrayError
 
 
-def _trial(config: str, split: int, all_: float, std: float = 0.1, shot: float = 40.0) -> TrialResult:
+def _trial(config: str, split: int, all_: float, std: float = 10.0, shot: float = 40.0) -> TrialResult:
     return TrialResult(config, split, {"full_all": all_, "full_many": all_ + 5, "full_medium": all_,
                                        "full_few": all_ - 5, "full_group_std": std, "shot10_all": shot},
                        per_class=[all_ + 1, all_ - 1], pretrain_counts=[500, 5], class_names=["a", "b"])
@@ -29,7 +29,7 @@ def _results() -> list[TrialResult]:
     rows = [_trial("simclr", k + 1, b) for k, b in enumerate(base)]
     rows += [_trial("up", k + 1, b + 2 + j) for k, (b, j) in enumerate(zip(base, jitter))]
     rows += [_trial("noisy", k + 1, b + (3 if k % 2 else -3)) for k, b in enumerate(base)]
-    rows += [_trial("simclr subset:D_b", k + 1, b + 4, std=0.05) for k, b in enumerate(base)]
+    rows += [_trial("simclr subset:D_b", k + 1, b + 4, std=5.0) for k, b in enumerate(base)]
     return rows
 
 
@@ -43,7 +43,7 @@ def test_paired_differences_match_a_hand_computation():
     assert (up.n, up.ahead) == (5, 5) and up.significant
     noisy = paired(grouped["noisy"], grouped["simclr"], "full_all")
     assert noisy.mean == pytest.approx(-0.6) and noisy.ahead == 2 and not noisy.significant
-    # Std is shown in points: a fraction difference of -0.05 is -5 points
+    # Std is recorded and shown in points of %
     ref = paired(grouped["simclr subset:D_b"], grouped["simclr"], "full_group_std")
     assert ref.mean == pytest.approx(-5.0) and ref.std == pytest.approx(0.0) and ref.significant
 

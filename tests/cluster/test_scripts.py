@@ -34,7 +34,7 @@ def _run(capsys, name: str, argv: list[str]) -> tuple[int, str, str]:
         ("sweep_colt", ["--axis", "method.colt.nope=1,2"], "unknown config key 'method.colt.nope'"),
         ("sweep_colt", ["--axis", "method.temperature="], "axis 'method.temperature=' has an empty value"),
         ("sweep_colt", ["--axis", "method.temperature=0.2,-0.5"], "method.temperature must be > 0"),
-        ("sweep_sdclr", ["--axis", "method.sdclr.prune_ratio=0.5,1.5"], "prune_ratio must be in [0, 1)"),
+        ("sweep_sdclr", ["--axis", "method.sdclr.prune_ratio=0.5,1.5"], "prune_ratio must be in [0, 1]"),
         ("sweep_gh", ["--axis", "method.name=simclr,dino"], "unknown method part 'dino'"),
         ("sweep_colt", ["--splits", "1,two"], "--splits must be comma-separated integers"),
         ("sweep_colt", ["--set", "optim.epochs=0"], "optim.epochs must be >= 1"),

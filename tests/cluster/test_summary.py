@@ -7,12 +7,12 @@ from ltray.eval.metrics import summarize_runs
 
 
 def _rows():
-    # Two splits of one configuration: full-shot All 60 and 70 → 65 ± 5; group_std 0.1 and 0.2 → 0.15 ± 0.05.
+    # Two splits of one configuration: full-shot All 60 and 70 → 65 ± 5; group_std 10 and 20 points → 15 ± 5.
     colt = summarize_runs([
         {"run": "s1", "full_all": 60.0, "full_many": 80.0, "full_medium": 60.0, "full_few": 40.0,
-         "full_group_std": 0.1, "few_all": 30.0, "shot10_all": 20.0},
+         "full_group_std": 10.0, "few_all": 30.0, "shot10_all": 20.0},
         {"run": "s2", "full_all": 70.0, "full_many": 90.0, "full_medium": 70.0, "full_few": 50.0,
-         "full_group_std": 0.2, "few_all": 40.0, "shot10_all": 30.0},
+         "full_group_std": 20.0, "few_all": 40.0, "shot10_all": 30.0},
     ], expected=["s1", "s2", "s3"])
     return [("colt", colt)]
 
@@ -27,7 +27,7 @@ def test_probe_names_split_at_the_first_underscore():
 def test_probe_rows_strip_the_prefix():
     (name, summary), = probe_rows(_rows(), "full")
     assert name == "colt"
-    assert summary["mean"] == {"all": 65.0, "many": 85.0, "medium": 65.0, "few": 45.0, "group_std": 0.15000000000000002}
+    assert summary["mean"] == {"all": 65.0, "many": 85.0, "medium": 65.0, "few": 45.0, "group_std": 15.0}
     assert summary["std"]["all"] == 5.0
     assert summary["missing"] == ["s3"] and summary["n_runs"] == 2
 
@@ -42,18 +42,18 @@ def test_comparison_has_headline_figures_and_other_probes_all():
 def test_markdown_has_the_comparison_then_one_table_per_probe():
     text = sweep_markdown(_rows(), "sweep demo")
     assert text.startswith("# sweep demo")
-    assert "| colt | 2 | 65.00 ± 5.00 | 85.00 ± 5.00 | 65.00 ± 5.00 | 45.00 ± 5.00 | 0.1500 ± 0.0500 |" in text
+    assert "| colt | 2 | 65.00 ± 5.00 | 85.00 ± 5.00 | 65.00 ± 5.00 | 45.00 ± 5.00 | 15.00 ± 5.00 |" in text
     assert text.index("## full-shot linear probe") < text.index("## few-shot linear probe (S_b)") < \
         text.index("## 10-shot probe (mean over draws)")
     assert text.count("| s3 |") == 4
 
 
-def test_std_figures_have_four_decimals_in_every_table():
+def test_std_figures_are_points_with_two_decimals_in_every_table():
     summary = summarize_runs([
-        {"run": "s1", "full_all": 60.0, "full_group_std": 0.1, "few_all": 30.0, "few_group_std": 0.3},
-        {"run": "s2", "full_all": 70.0, "full_group_std": 0.2, "few_all": 40.0, "few_group_std": 0.5},
+        {"run": "s1", "full_all": 60.0, "full_group_std": 10.0, "few_all": 30.0, "few_group_std": 30.0},
+        {"run": "s2", "full_all": 70.0, "full_group_std": 20.0, "few_all": 40.0, "few_group_std": 50.0},
     ])
     text = sweep_markdown([("colt", summary)], "sweep demo")
     few_table = text[text.index("## few-shot linear probe (S_b)"):]
-    assert "| colt | 2 | 35.00 ± 5.00 | 0.4000 ± 0.1000 | – |" in few_table
-    assert "0.40 ± 0.10" not in text and "0.15 ± 0.05" not in text
+    assert "| Std (points) |" in few_table
+    assert "| colt | 2 | 35.00 ± 5.00 | 40.00 ± 10.00 | – |" in few_table

@@ -350,7 +350,7 @@ def test_evaluation_needs_the_lists_it_probes(tmp_path: Path, image_folder: dict
 
 def test_colt_on_lists_needs_a_list_pool(tmp_path: Path, image_folder: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match="method.colt.pool=list"):
-        load_run_data(list_config(tmp_path, image_folder, method__name="simclr+colt"))
+        load_run_data(list_config(tmp_path, image_folder, method__name="simclr+colt", method__colt__warmup=1))
 
 
 @pytest.mark.slow

@@ -174,11 +174,11 @@ def test_group_std_and_class_std_by_hand() -> None:
     assert report["medium"] == pytest.approx(65.0)
     assert report["few"] == pytest.approx(45.0)
     assert report["all"] == pytest.approx(65.0)
-    # fractions 0.85, 0.65, 0.45: deviations ±0.2 and 0, population variance 0.08 / 3
-    assert report["group_std"] == pytest.approx(math.sqrt(0.08 / 3))
-    assert report["group_std"] == pytest.approx(0.163299, abs=1e-6)
-    # six equally spaced fractions 0.1 apart: variance 0.01 · (6² − 1) / 12
-    assert report["class_std"] == pytest.approx(math.sqrt(0.01 * 35 / 12))
+    # in points: 85, 65, 45: deviations ±20 and 0, population variance 800 / 3
+    assert report["group_std"] == pytest.approx(math.sqrt(800 / 3))
+    assert report["group_std"] == pytest.approx(16.3299, abs=1e-4)
+    # six equally spaced accuracies 10 points apart: variance 100 · (6² − 1) / 12
+    assert report["class_std"] == pytest.approx(math.sqrt(100 * 35 / 12))
     assert "top1" not in report
 
 
@@ -203,7 +203,7 @@ def reports_for(values: dict[str, float]) -> list[dict[str, object]]:
     return [
         {
             "run": run, "all": value, "many": value + 5, "medium": value, "few": value - 5,
-            "group_std": 0.1, "class_std": value / 1000,
+            "group_std": 10.0, "class_std": value / 10,
         }
         for run, value in values.items()
     ]
@@ -218,7 +218,7 @@ def test_summary_is_population_std_and_excludes_missing_runs() -> None:
     assert summary["mean"]["all"] == pytest.approx(60.0)
     assert summary["std"]["all"] == pytest.approx(math.sqrt(200.0 / 3))  # ddof 0, not 10 (ddof 1)
     assert summary["std"]["group_std"] == pytest.approx(0.0)
-    assert summary["mean"]["class_std"] == pytest.approx(0.06)
+    assert summary["mean"]["class_std"] == pytest.approx(6.0)
     flat = summary_metrics(summary)
     assert flat["n_runs"] == 3.0
     assert flat["all_mean"] == pytest.approx(60.0) and flat["few_std"] == pytest.approx(math.sqrt(200.0 / 3))
@@ -242,11 +242,11 @@ def test_summary_table_and_csv(tmp_path: Path) -> None:
     table = format_summary_table([("simclr D_i full-shot", summary)])
     lines = table.strip().splitlines()
     assert lines[0] == (
-        "| configuration | n | All (%) | Many (%) | Medium (%) | Few (%) | Std (fraction) | class-std (fraction) | missing |"
+        "| configuration | n | All (%) | Many (%) | Medium (%) | Few (%) | Std (points) | class-std (points) | missing |"
     )
     assert lines[2] == (
-        "| simclr D_i full-shot | 3 | 60.00 ± 8.16 | 65.00 ± 8.16 | 60.00 ± 8.16 | 55.00 ± 8.16 | 0.1000 ± 0.0000 "
-        "| 0.0600 ± 0.0082 | split2 |"
+        "| simclr D_i full-shot | 3 | 60.00 ± 8.16 | 65.00 ± 8.16 | 60.00 ± 8.16 | 55.00 ± 8.16 | 10.00 ± 0.00 "
+        "| 6.00 ± 0.82 | split2 |"
     )
     path = tmp_path / "out" / "summary.csv"
     write_summary_csv([("simclr D_i full-shot", summary)], path)

@@ -138,10 +138,18 @@ def test_refresh_with_random_component_needs_a_seed_and_is_seeded() -> None:
     assert mask_checksum(a) != mask_checksum(b)
 
 
-@pytest.mark.parametrize(("ratio", "random_fraction"), [(1.0, 0.0), (-0.1, 0.0), (0.5, 0.6), (0.5, -0.1)])
+@pytest.mark.parametrize(("ratio", "random_fraction"), [(1.1, 0.0), (-0.1, 0.0), (0.5, 0.6), (0.5, -0.1)])
 def test_invalid_fractions_are_config_errors(ratio: float, random_fraction: float) -> None:
     with pytest.raises(ConfigError):
         compute_masks([W_A], ratio, random_fraction, torch.Generator().manual_seed(0))
+
+
+def test_ratio_one_keeps_only_the_largest_weights() -> None:
+    # p = 1: k = n, the threshold is a_(n-1), the largest |w| (0.9 of W_B), and ties at it survive
+    masks = compute_masks([W_A, W_B], 1.0)
+    assert [mask.tolist() for mask in masks] == [[False] * 4, [[False] * 3, [True, False, False]]]
+    tied = compute_masks([torch.tensor([0.9, -0.9, 0.1])], 1.0)
+    assert tied[0].tolist() == [True, True, False]
 
 
 def test_threshold_function_accepts_p_one_but_not_beyond() -> None:

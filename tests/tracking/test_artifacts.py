@@ -113,9 +113,9 @@ def _finished_child(tracking: SweepTracking, parent: str, trial: str, config: st
     return child
 
 
-SIMCLR_S1 = {"full_all": 70.0, "full_few": 50.0, "full_group_std": 0.10, "few_all": 30.0}
-SIMCLR_S2 = {"full_all": 74.0, "full_few": 56.0, "full_group_std": 0.14, "few_all": 34.0}
-SDCLR_S1 = {"full_all": 60.0, "full_few": 40.0, "full_group_std": 0.2, "few_all": 20.0}
+SIMCLR_S1 = {"full_all": 70.0, "full_few": 50.0, "full_group_std": 10.0, "few_all": 30.0}
+SIMCLR_S2 = {"full_all": 74.0, "full_few": 56.0, "full_group_std": 14.0, "few_all": 34.0}
+SDCLR_S1 = {"full_all": 60.0, "full_few": 40.0, "full_group_std": 20.0, "few_all": 20.0}
 
 
 def _summary_rows() -> list[tuple[str, dict[str, object]]]:
@@ -158,15 +158,15 @@ def test_report_prints_the_sweeps_own_summary_from_a_sqlite_store(
     simclr_lines = [line for line in printed.splitlines() if line.startswith("| simclr |")]
     assert len(simclr_lines) == 3  # comparison, full-shot and few-shot tables
     comparison, full, few = simclr_lines
-    assert comparison == "| simclr | 2 | 72.00 ± 2.00 | 53.00 ± 3.00 | 0.1200 ± 0.0200 | 32.00 ± 2.00 | simclr-s3 |"
-    assert full == "| simclr | 2 | 72.00 ± 2.00 | 53.00 ± 3.00 | 0.1200 ± 0.0200 | simclr-s3 |"
+    assert comparison == "| simclr | 2 | 72.00 ± 2.00 | 53.00 ± 3.00 | 12.00 ± 2.00 | 32.00 ± 2.00 | simclr-s3 |"
+    assert full == "| simclr | 2 | 72.00 ± 2.00 | 53.00 ± 3.00 | 12.00 ± 2.00 | simclr-s3 |"
     assert few == "| simclr | 2 | 32.00 ± 2.00 | simclr-s3 |"
 
 
-def test_std_type_figures_get_four_decimals_under_any_name() -> None:
+def test_std_type_figures_are_points_with_two_decimals_under_any_name() -> None:
     summary = summarize_runs([{"run": "a", **SIMCLR_S1}, {"run": "b", **SIMCLR_S2}])
     table = format_summary_table([("simclr", summary)])
-    assert "| 0.1200 ± 0.0200 |" in table and "0.12 ± 0.02" not in table
+    assert "| 12.00 ± 2.00 |" in table
 
 
 @pytest.mark.slow
