@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from ray.tune import ExperimentAnalysis, ResultGrid
 
 from ltray.cli import main as ltray_main
 from ltray.tracking.runs import TAG_CONFIG_KEY, TAG_FINAL_KEYS, TAG_PARENT, TAG_REFERENCE_BACKED, TAG_ROLE, TAG_SWEEP
@@ -73,6 +74,13 @@ def test_sweep_interrupted_resumed_and_recorded(ray_head, mlflow_server, tmp_pat
     resumed = sweep_script("sweep_sdclr.py", args + ["--resume"], ray_head.env(), tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "| simclr | 2 |" in resumed.stdout
+    # Tune's own records carry each trial's axis values, before and after the resume
+    for split in (1, 2):
+        params = json.loads((storage / sweep_name / f"simclr_split={split}" / "params.json").read_text())
+        assert params["trial"] == f"simclr_split={split}"
+        assert (params["method.name"], params["data.split"]) == ("simclr", split) and "run.seed" in params
+    frame = ResultGrid(ExperimentAnalysis(str(storage / sweep_name))).get_dataframe()
+    assert sorted(frame["config/data.split"]) == [1, 2] and set(frame["config/method.name"]) == {"simclr"}
 
     parents = _runs(client, sweep_name, "parent")
     children = _runs(client, sweep_name, "child")
