@@ -52,6 +52,9 @@ def build_parser(prog: str, description: str, default_config: Path) -> argparse.
     parser.add_argument("--dashboard-port", type=int, help="port of that dashboard (default 8265)")
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI: http(s)://..., sqlite:///abs/path.db, ...")
     parser.add_argument("--storage", help="root of sweep results and checkpoints: a path or a URI (s3://, gs://, ...; default ./ray_results)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show Ray's and Tune's own output (trial tables, worker logs) on the console too; "
+                             "by default it goes to console.log in the sweep folder")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted sweep (the newest of that name, or --name): finished trials "
                              "are not run again, the others continue from their last checkpoint")
@@ -154,18 +157,24 @@ def run_script(
 
         options = SweepOptions(address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage,
                                resume=args.resume, max_concurrent=args.max_concurrent, timestamp_name=not args.name,
-                               dashboard_host=args.dashboard_host, dashboard_port=args.dashboard_port)
+                               dashboard_host=args.dashboard_host, dashboard_port=args.dashboard_port,
+                               verbose=args.verbose)
         started = time.monotonic()
-        outcome = run_sweep(spec, options, echo=lambda line: print(line, flush=True))
+        outcome = run_sweep(spec, options)
         if after_sweep is not None and outcome.exit_code == 0:
             after_sweep(args, outcome, time.monotonic() - started)
     except LtrayError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    print(f"summary (every probe's table): {outcome.sweep_dir.child('summary.md')}; MLflow parent run "
+          f"{outcome.parent_run_id} ({outcome.tracking_uri}); again with: ltray report --sweep {outcome.name} "
+          f"--mlflow-uri {outcome.tracking_uri}")
+    if not args.verbose:
+        from ltray.cluster.console import CONSOLE_LOG
+
+        print(f"Ray's and Tune's own output: {outcome.sweep_dir.child(CONSOLE_LOG)} (-v shows it here)")
     print()
-    print(outcome.summary)
-    print(f"summary: {outcome.sweep_dir.child('summary.md')}; MLflow parent run {outcome.parent_run_id} "
-          f"({outcome.tracking_uri}); again with: ltray report --sweep {outcome.name} --mlflow-uri {outcome.tracking_uri}")
+    print(outcome.comparison)
     for error in outcome.errors:
         print(f"{prog}: trial failed: {error}", file=sys.stderr)
     if outcome.interrupted:

@@ -84,12 +84,17 @@ def sweep_title(sweep_name: str) -> str:
     return f"sweep {sweep_name}"
 
 
-def sweep_markdown(rows: Sequence[SummaryRow], title: str) -> str:
-    """The comparison table, then one table per probe; mean ± population std over each configuration's runs."""
+def comparison_markdown(rows: Sequence[SummaryRow], title: str) -> str:
+    """The title and the comparison table (headline figures of the main probe, All of the others)."""
     probes = _probes(rows)
     main = probe_title(probes[0]) if probes else "no figures"
-    parts = [f"# {title}", "", f"Comparison (main probe: {main}; mean ± std over splits/seeds)", "",
-             format_summary_table(comparison_rows(rows))]
-    for probe in probes:
+    return "\n".join([f"# {title}", "", f"Comparison (main probe: {main}; mean ± std over splits/seeds)", "",
+                      format_summary_table(comparison_rows(rows))])
+
+
+def sweep_markdown(rows: Sequence[SummaryRow], title: str) -> str:
+    """The comparison table, then one table per probe; mean ± population std over each configuration's runs."""
+    parts = [comparison_markdown(rows, title)]
+    for probe in _probes(rows):
         parts += [f"## {probe_title(probe)}", "", format_summary_table(probe_rows(rows, probe))]
     return "\n".join(parts)

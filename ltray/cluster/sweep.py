@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ltray.cluster.console import TrialEvents, reporting, sweep_console
 from ltray.cluster.grid import SweepSpec, Trial, expand_trials, max_concurrent_trials
 from ltray.cluster.preflight import check_cluster
 from ltray.storage import Storage, resolve_storage
 from ltray.tracking.sync import (SweepRecord, SyncResult, close_unfinished, journal_summary_rows, sync_sweep,
                                  tracking_wait_s, write_sweep_record)
-from ltray.cluster.summary import sweep_markdown, sweep_title
+from ltray.cluster.summary import comparison_markdown, sweep_markdown, sweep_title
 from ltray.cluster.trial import DRIVER_MEMORY_BYTES, FINAL_MARK, TRACKING_PENDING, TrialContext, run_trial
 from ltray.cluster.train_worker import TrainSettings
 from ltray.errors import ConfigError, LtrayError
@@ -48,6 +49,7 @@ class SweepOptions:
     timestamp_name: bool = False
     dashboard_host: str = "127.0.0.1"
     dashboard_port: int | None = None
+    verbose: bool = False  # Ray's and Tune's own output on the console (else in the sweep folder's console.log)
 
 
 @dataclass
@@ -56,7 +58,8 @@ class SweepOutcome:
     sweep_dir: Storage
     tracking_uri: str
     parent_run_id: str
-    summary: str
+    summary: str  # summary.md: the comparison table, then one table per probe
+    comparison: str  # its first table, what the console shows last
     errors: list[str] = field(default_factory=list)
     interrupted: bool = False
     tracking_pending: SyncResult | None = None  # what MLflow did not get before the sweep ended
@@ -133,11 +136,13 @@ def _trial_name(trial: Any) -> str:
 def _tune_callback(sweep_dir: Storage) -> Any:
     from ray import tune
 
+    from ltray.cluster.console import active_events, error_reason
     from ltray.tracking.journal import TRIAL_FILE, TrialJournal, journal_folder
 
     class TrialStatus(tune.Callback):
-        """Journals the status of a trial that Tune ended without its final figures (errored or early-stopped);
-        the sweep's sync sends it."""
+        """Tells the driver's console of each trial event (`ltray.cluster.console`; looked up when called, so a
+        callback restored with the Tuner on `--resume` reports to the new driver), and journals the status of a
+        trial that Tune ended without its final figures (errored or early-stopped); the sweep's sync sends it."""
 
         def _close(self, trial: Any, status: str) -> None:
             journal = TrialJournal(journal_folder(sweep_dir, _trial_name(trial)))
@@ -145,14 +150,37 @@ def _tune_callback(sweep_dir: Storage) -> Any:
             if view.header is not None and view.status is None:
                 journal.append(TRIAL_FILE, {"kind": "status", "status": status})
 
+        def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            if (events := active_events()) is not None:
+                events.started(_trial_name(trial))
+
+        def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
+            if (events := active_events()) is not None and not result.get(FINAL_MARK):
+                events.epoch(_trial_name(trial), result)
+
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             self._close(trial, "FAILED")
+            if (events := active_events()) is not None:
+                events.failed(_trial_name(trial), error_reason(trial.get_error()))
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            if not (trial.last_result or {}).get(FINAL_MARK):
+            finished = bool((trial.last_result or {}).get(FINAL_MARK))
+            if not finished:
                 self._close(trial, "KILLED")
+            if (events := active_events()) is not None:
+                if finished:
+                    events.finished(_trial_name(trial), trial.last_result)
+                else:
+                    events.stopped(_trial_name(trial))
 
     return TrialStatus()
+
+
+def finished_earlier(sweep_dir: Storage, grid: dict[str, str]) -> list[str]:
+    """The trials whose journal holds their final figures (finished before a `--resume`)."""
+    from ltray.tracking.journal import TrialJournal, journal_folder
+
+    return [trial for trial in grid if TrialJournal(journal_folder(sweep_dir, trial)).view().final_figures is not None]
 
 
 def summarize_sweep(sweep_dir: Storage, grid: dict[str, str], title: str) -> tuple[str, str, list[Any]]:
@@ -263,8 +291,10 @@ def _start_message(spec: SweepSpec, trials: list[Trial], concurrent: int) -> str
     return f"sweep {spec.name}: {len(trials)} trials, up to {concurrent} at once ({layout} per trial)"
 
 
-def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> SweepOutcome:
-    """Run (or resume) a sweep end to end and return its outcome; user errors raise LtrayError before training."""
+def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo | None = None) -> SweepOutcome:
+    """Run (or resume) a sweep end to end and return its outcome; user errors raise LtrayError before training.
+    `echo` gets the sweep's own lines (default: the console, with Ray's and Tune's output sent to the sweep
+    folder's `console.log` unless `options.verbose`)."""
     from ltray.tracking.runs import TAG_GIT_COMMIT
     from ltray.tracking.store import check_tracking_reachable, create_sqlite_store, resolve_tracking_uri
 
@@ -282,62 +312,68 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo = print) -> Swe
     root = resolve_storage(options.storage)
     sweep_dir = resolve_sweep_dir(spec, options, root)
     preflight(trials)
-    connection = runtime.connect(options.address, dashboard_host=options.dashboard_host,
-                                 dashboard_port=options.dashboard_port)
-    parent_run_id: str | None = None
-    try:
-        configs = [trial.build_config() for trial in trials]
-        check_cluster(configs, root, tracking_uri, cpus_per_worker=spec.resources.cpus_per_worker,
-                      gpus_per_worker=spec.resources.gpus_per_worker)
-        create_sqlite_store(tracking_uri)
-        concurrent = options.max_concurrent or max_concurrent_trials(
-            runtime.cluster_resources(), spec.resources, len(trials)
-        )
-        parent_tags = _parent_tags(configs)
-        grid = {trial.name: trial.config_key for trial in trials}
-        tracking, parent_run_id = _open_parent(spec, options.resume, tracking_uri, parent_tags, grid)
-        record = SweepRecord(spec.name, spec.experiment, tracking_uri, parent_run_id, grid)
-        write_sweep_record(sweep_dir, record)
-        echo(_start_message(spec, trials, concurrent))
-        for line in watch_lines(connection.dashboard_url, tracking_uri, tracking.experiment_id):
-            echo(line)
-        echo(f"storage: {sweep_dir}")
-        settings = TrainSettings(
-            storage_path=sweep_dir.child(TRAIN_RUNS).uri, workers=spec.resources.workers,
-            cpus_per_worker=spec.resources.cpus_per_worker, gpus_per_worker=spec.resources.gpus_per_worker,
-            max_failures=spec.max_failures, knn_every=1 if spec.asha is not None else 0,
-        )
-        context = TrialContext(tracking_uri, spec.experiment, parent_run_id, settings,
-                               {trial.name: trial.to_param() for trial in trials}, parent_tags[TAG_GIT_COMMIT],
-                               tracking_wait_s=wait_s)
-        trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(spec))
-        if options.resume:
-            echo(f"resuming {sweep_dir}: finished trials are kept, the others continue from their checkpoints")
-            tuner = tune.Tuner.restore(sweep_dir.uri, trainable=trainable, resume_errored=True)
-        else:
-            callback = _tune_callback(sweep_dir)
-            tuner = _new_tuner(spec, trials, trainable, root, concurrent, callback)
-        with InterruptWatch() as watch:
-            results = tuner.fit()
-        errors = _errors(results)
-        unfinished = [result for result in results
-                      if result.error is None and not (result.metrics or {}).get(FINAL_MARK)]
-        interrupted = watch.interrupted or (spec.asha is None and bool(unfinished))
-        close_unfinished(sweep_dir, grid, "KILLED")
-        record.status = "KILLED" if interrupted else ("FAILED" if errors else "FINISHED")
-        write_sweep_record(sweep_dir, record)
-        markdown, csv_text, rows = summarize_sweep(sweep_dir, grid, sweep_title(spec.name))
-        kept_back = any((result.metrics or {}).get(TRACKING_PENDING) for result in results)
-        synced = sync_sweep(sweep_dir, record, tracking_uri, markdown, csv_text, rows, wait_s=wait_s, echo=echo,
-                            outage_seen=kept_back)
-    except BaseException:
-        if parent_run_id is not None:
-            _mark_failed(tracking, parent_run_id)
-        raise
-    finally:
-        runtime.disconnect()
-    return SweepOutcome(spec.name, sweep_dir, tracking_uri, parent_run_id, markdown, errors, interrupted,
-                        None if synced.complete else synced)
+    with sweep_console(sweep_dir, capture=echo is None and not options.verbose) as say:
+        echo = echo or say
+        connection = runtime.connect(options.address, dashboard_host=options.dashboard_host,
+                                     dashboard_port=options.dashboard_port)
+        parent_run_id: str | None = None
+        try:
+            configs = [trial.build_config() for trial in trials]
+            check_cluster(configs, root, tracking_uri, cpus_per_worker=spec.resources.cpus_per_worker,
+                          gpus_per_worker=spec.resources.gpus_per_worker)
+            create_sqlite_store(tracking_uri)
+            concurrent = options.max_concurrent or max_concurrent_trials(
+                runtime.cluster_resources(), spec.resources, len(trials)
+            )
+            parent_tags = _parent_tags(configs)
+            grid = {trial.name: trial.config_key for trial in trials}
+            tracking, parent_run_id = _open_parent(spec, options.resume, tracking_uri, parent_tags, grid)
+            record = SweepRecord(spec.name, spec.experiment, tracking_uri, parent_run_id, grid)
+            write_sweep_record(sweep_dir, record)
+            echo(_start_message(spec, trials, concurrent))
+            for line in watch_lines(connection.dashboard_url, tracking_uri, tracking.experiment_id):
+                echo(line)
+            echo(f"storage: {sweep_dir}")
+            settings = TrainSettings(
+                storage_path=sweep_dir.child(TRAIN_RUNS).uri, workers=spec.resources.workers,
+                cpus_per_worker=spec.resources.cpus_per_worker, gpus_per_worker=spec.resources.gpus_per_worker,
+                max_failures=spec.max_failures, knn_every=1 if spec.asha is not None else 0,
+            )
+            context = TrialContext(tracking_uri, spec.experiment, parent_run_id, settings,
+                                   {trial.name: trial.to_param() for trial in trials}, parent_tags[TAG_GIT_COMMIT],
+                                   tracking_wait_s=wait_s)
+            trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(spec))
+            if options.resume:
+                echo(f"resuming {sweep_dir}: finished trials are kept, the others continue from their checkpoints")
+                tuner = tune.Tuner.restore(sweep_dir.uri, trainable=trainable, resume_errored=True)
+            else:
+                callback = _tune_callback(sweep_dir)
+                tuner = _new_tuner(spec, trials, trainable, root, concurrent, callback)
+            events = TrialEvents(echo, {trial.name: int(trial.config["optim"]["epochs"]) for trial in trials})
+            for name in finished_earlier(sweep_dir, grid):
+                events.ended[name] = "finished"
+            with InterruptWatch() as watch, reporting(events):
+                results = tuner.fit()
+            errors = _errors(results)
+            unfinished = [result for result in results
+                          if result.error is None and not (result.metrics or {}).get(FINAL_MARK)]
+            interrupted = watch.interrupted or (spec.asha is None and bool(unfinished))
+            close_unfinished(sweep_dir, grid, "KILLED")
+            record.status = "KILLED" if interrupted else ("FAILED" if errors else "FINISHED")
+            write_sweep_record(sweep_dir, record)
+            markdown, csv_text, rows = summarize_sweep(sweep_dir, grid, sweep_title(spec.name))
+            kept_back = any((result.metrics or {}).get(TRACKING_PENDING) for result in results)
+            synced = sync_sweep(sweep_dir, record, tracking_uri, markdown, csv_text, rows, wait_s=wait_s, echo=echo,
+                                outage_seen=kept_back)
+        except BaseException:
+            if parent_run_id is not None:
+                _mark_failed(tracking, parent_run_id)
+            raise
+        finally:
+            runtime.disconnect()
+        comparison = comparison_markdown(rows, sweep_title(spec.name)) if rows else markdown
+        return SweepOutcome(spec.name, sweep_dir, tracking_uri, parent_run_id, markdown, comparison, errors,
+                            interrupted, None if synced.complete else synced)
 
 
 def _open_parent(spec: SweepSpec, resume: bool, tracking_uri: str, tags: dict[str, str],

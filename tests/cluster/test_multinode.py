@@ -100,7 +100,11 @@ def test_main_job_trains_one_worker_per_node(two_nodes):
         checkpoints = sorted((storage / "twonode" / "train_runs" / trial).glob("checkpoint_*/epoch_*.pt"))
         assert checkpoints and checkpoints[-1].name == "epoch_0002.pt", trial
     assert "| colt " in done.stdout and "| simclr " in done.stdout
-    assert (storage / "twonode" / "summary.md").read_text().strip() in done.stdout
+    comparison = (storage / "twonode" / "summary.md").read_text().split("\n## ", 1)[0].strip()
+    assert done.stdout.strip().endswith(comparison)  # the comparison table comes last
+    assert "Traceback" not in done.stdout and "TrainingReport(" not in done.stdout
+    assert len(done.stdout.splitlines()) <= 100
+    assert (storage / "twonode" / "console.log").is_file()
 
 
 def _s3_files(cluster, uri: str) -> list[str]:
@@ -139,8 +143,9 @@ def test_main_job_with_storage_on_s3(two_nodes):
                              and path.endswith(".pt"))
         assert checkpoints and checkpoints[-1].endswith("/epoch_0002.pt"), (trial, files)
     assert "ltray-sweeps/sweeps/twonode-s3/tuner.pkl" in files
-    assert f"summary: {storage}/twonode-s3/summary.md" in done.stdout
-    assert _s3_text(two_nodes, f"{storage}/twonode-s3/summary.md").strip() in done.stdout
+    assert f"{storage}/twonode-s3/summary.md" in done.stdout
+    assert done.stdout.strip().endswith(_s3_text(two_nodes, f"{storage}/twonode-s3/summary.md").split("\n## ")[0].strip())
+    assert "ltray-sweeps/sweeps/twonode-s3/console.log" in files
     assert not (two_nodes.driver_dir / "s3:").exists()
 
 
