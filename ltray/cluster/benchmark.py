@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from ltray.errors import LtrayError
 
 BASELINE = "simclr"

@@ -9,7 +9,7 @@ names and units of `ltray.eval.metrics` (accuracies in %, Std and class-std as f
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from ltray.eval.metrics import format_summary_table
 
@@ -35,15 +35,15 @@ def probe_title(probe: str) -> str:
     return probe
 
 
-def _probes(rows: Sequence[SummaryRow]) -> list[str]:
-    found: list[str] = []
-    for _, summary in rows:
-        for figure in summary["mean"]:  # type: ignore[union-attr]
-            probe = probe_of(figure)[0]
-            if probe not in found:
-                found.append(probe)
+def ordered_probes(figures: Iterable[str]) -> list[str]:
+    """The probes of these figure names, the main one (full-shot, else few-shot, else the first) first."""
+    found = list(dict.fromkeys(probe_of(figure)[0] for figure in figures))
     order = {"full": 0, "few": 1}
     return sorted(found, key=lambda probe: (order.get(probe, 2), probe))
+
+
+def _probes(rows: Sequence[SummaryRow]) -> list[str]:
+    return ordered_probes(figure for _, summary in rows for figure in summary["mean"])  # type: ignore[union-attr]
 
 
 def _restrict(summary: Mapping[str, object], keys: Mapping[str, str]) -> dict[str, object]:

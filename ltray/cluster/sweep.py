@@ -11,6 +11,7 @@ their last checkpoint from the sweep's storage folder.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -18,14 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ltray.cluster.benchmark import BASELINE
 from ltray.cluster.console import TrialEvents, reporting, sweep_console
 from ltray.cluster.grid import SweepSpec, Trial, expand_trials, max_concurrent_trials
 from ltray.cluster.preflight import check_cluster
 from ltray.storage import Storage, resolve_storage
 from ltray.tracking.sync import (SweepRecord, SyncResult, close_unfinished, journal_summary_rows, sync_sweep,
                                  tracking_wait_s, write_sweep_record)
-from ltray.cluster.summary import comparison_markdown, sweep_markdown, sweep_title
-from ltray.cluster.trial import DRIVER_MEMORY_BYTES, FINAL_MARK, TRACKING_PENDING, TrialContext, run_trial
+from ltray.cluster.summary import (comparison_markdown, ordered_probes, probe_of, probe_title, sweep_markdown,
+                                  sweep_title)
+from ltray.cluster.trial import (DRIVER_MEMORY_BYTES, EVAL_REPORT, FINAL_MARK, TRACKING_PENDING, TrialContext,
+                                 run_trial)
+from ltray.eval.figures import RunFigures
 from ltray.cluster.train_worker import TrainSettings
 from ltray.errors import ConfigError, LtrayError
 
@@ -185,7 +190,8 @@ def finished_earlier(sweep_dir: Storage, grid: dict[str, str]) -> list[str]:
 
 def summarize_sweep(sweep_dir: Storage, grid: dict[str, str], title: str) -> tuple[str, str, list[Any]]:
     """The sweep's summary (mean ± std per configuration) from its journals, written into the sweep folder as
-    `summary.md` and `summary.csv`; returns the Markdown, the CSV and the rows (for the parent run)."""
+    `summary.md` and `summary.csv`, with its figures (`write_sweep_figures`); returns the Markdown, the CSV and the
+    rows (for the parent run)."""
     from ltray.tracking.artifacts import summary_csv
 
     rows = journal_summary_rows(sweep_dir, grid)
@@ -193,7 +199,57 @@ def summarize_sweep(sweep_dir: Storage, grid: dict[str, str], title: str) -> tup
     csv_text = summary_csv(rows)
     sweep_dir.child(SUMMARY_MD).write_text(markdown)
     sweep_dir.child(SUMMARY_CSV).write_text(csv_text)
+    write_sweep_figures(sweep_dir, grid, title)
     return markdown, csv_text, rows
+
+
+def journal_runs(sweep_dir: Storage, grid: dict[str, str]) -> tuple[str, dict[str, list[RunFigures]]]:
+    """The main probe and, per configuration, its finished runs (figures of that probe, per-class accuracy and
+    pre-training counts from the evaluation report) read from the journals."""
+    from ltray.tracking.journal import TrialJournal, journal_folder
+
+    finished: dict[str, tuple[str, Any, dict[str, float], dict[str, Any]]] = {}
+    for trial, config in grid.items():
+        journal = TrialJournal(journal_folder(sweep_dir, trial))
+        view = journal.view()
+        if view.final_figures is not None and view.header is not None:
+            finished[trial] = (config, journal, view.final_figures, view.header["params"])
+    probes = ordered_probes(figure for _, _, figures, _ in finished.values() for figure in figures)
+    runs: dict[str, list[RunFigures]] = {config: [] for config in dict.fromkeys(grid.values())}
+    if not probes:
+        return "", runs
+    main = probes[0]
+    for config, journal, figures, params in finished.values():
+        report_file = journal.file(EVAL_REPORT)
+        report = json.loads(report_file.read_text()) if report_file.exists() else {}
+        runs[config].append(RunFigures(
+            pair=(int(params["data"]["split"]), int(params["run"]["seed"])),
+            figures={probe_of(key)[1]: value for key, value in figures.items() if probe_of(key)[0] == main},
+            per_class=(report.get("per_class") or {}).get(main, []), counts=report.get("pretrain_counts", [])))
+    return main, runs
+
+
+def write_sweep_figures(sweep_dir: Storage, grid: dict[str, str], title: str) -> list[Storage]:
+    """`comparison.png` and `per_class_all.png` of the finished runs (`ltray.eval.figures`) into the sweep folder;
+    the baseline of the paired differences is the `simclr` configuration when the sweep has one."""
+    import tempfile
+
+    from ltray.eval.figures import COMPARISON_PNG, PER_CLASS_ALL_PNG, plot_comparison, plot_per_class_all
+
+    main, runs = journal_runs(sweep_dir, grid)
+    if not any(runs.values()):
+        return []
+    written = []
+    with tempfile.TemporaryDirectory(prefix="ltray-figures-") as scratch:
+        comparison = plot_comparison(runs, Path(scratch) / COMPARISON_PNG, title=title, probe=probe_title(main),
+                                     baseline=BASELINE if BASELINE in runs else None)
+        per_class = plot_per_class_all(runs, Path(scratch) / PER_CLASS_ALL_PNG,
+                                       title=f"{title}: per-class accuracy, {probe_title(main)}")
+        for local in (comparison, per_class):
+            target = sweep_dir.child(local.name)
+            target.upload(local)
+            written.append(target)
+    return written
 
 
 def _parent_tags(configs: list[Any]) -> dict[str, str]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ltray.cluster.grid import Trial
+from ltray.cluster.summary import probe_title
 from ltray.storage import Storage
 from ltray.cluster.train_worker import InProcessResult, TrainSettings, fit_training
 from ltray.config import Config, config_from_dict
@@ -119,8 +120,9 @@ def journal_evaluation(journal: TrialJournal, report: dict[str, Any]) -> dict[st
         per_class = report["per_class"]
         if per_class:
             primary = next(iter(per_class))
+            title = f"{journal.trial}: per-class accuracy, {probe_title(primary)}"
             for path in write_run_artifacts(folder, per_class[primary], report["pretrain_counts"], report["groups"],
-                                            report["class_names"]):
+                                            report["class_names"], title):
                 records.append(journal.store_file(path, path.name))
         (folder / EVAL_REPORT).write_text(json.dumps(report, indent=2))
         records.append(journal.store_file(folder / EVAL_REPORT, EVAL_REPORT))

@@ -91,13 +91,15 @@ def plot_per_class(
     train_counts: Sequence[int],
     path: Path,
     groups: Mapping[str, Sequence[int]] | None = None,
+    title: str | None = None,
 ) -> Path:
     """Scatter of per-class test accuracy (%) against the class's training count (log x axis), one point per class,
-    coloured by Many/Medium/Few when `groups` is given. Written as PNG via a temporary name, then moved."""
+    coloured by Many/Medium/Few when `groups` is given, under `title` (the run and the probe). Laid out so that
+    nothing is clipped; written as PNG via a temporary name, then moved."""
     accuracy, counts = _checked(per_class_acc, train_counts)
     if counts.size and counts.min() <= 0:
         raise DataError("training counts must be positive for a log axis")
-    figure = Figure(figsize=(6.0, 4.0), dpi=100)
+    figure = Figure(figsize=(6.4, 4.4), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     labels = np.asarray(_class_groups(groups, accuracy.size), dtype=object)
@@ -115,6 +117,8 @@ def plot_per_class(
     axes.grid(True, which="both", alpha=0.3)
     if groups:
         axes.legend(loc="lower right")
+    if title:
+        axes.set_title(title, fontsize="medium")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".png")
@@ -134,11 +138,12 @@ def write_run_artifacts(
     train_counts: Sequence[int],
     groups: Mapping[str, Sequence[int]] | None,
     class_names: Sequence[str] | None = None,
+    title: str | None = None,
 ) -> list[Path]:
-    """Write a trial's `per_class.csv` and `per_class.png` into `folder`; returns their paths."""
+    """Write a trial's `per_class.csv` and `per_class.png` (titled `title`) into `folder`; returns their paths."""
     table, plot = folder / PER_CLASS_CSV, folder / PER_CLASS_PNG
     table.write_text(per_class_table(per_class_acc, train_counts, class_names, groups))
-    plot_per_class(per_class_acc, train_counts, plot, groups)
+    plot_per_class(per_class_acc, train_counts, plot, groups, title)
     return [table, plot]
 
 

@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ltray.errors import ConfigError
@@ -32,6 +33,7 @@ from ltray.tracking.journal import (
 )
 
 SWEEP_RECORD = "sweep.json"
+SWEEP_FIGURES = ("comparison.png", "per_class_all.png")  # written by the sweep's summary (ltray.eval.figures)
 WAIT_ENV = "LTRAY_TRACKING_WAIT_S"
 DEFAULT_WAIT_S = 60.0
 
@@ -115,8 +117,12 @@ class SyncResult:
         return not self.pending and self.reason is None
 
 
-def _sync_parent(record: SweepRecord, tracking_uri: str, markdown: str, csv_text: str, rows: list[Any]) -> None:
-    """The summary on the parent run (its metrics only where they differ from what the run holds) and its status."""
+def _sync_parent(sweep_dir: Storage, record: SweepRecord, tracking_uri: str, markdown: str, csv_text: str,
+                 rows: list[Any]) -> None:
+    """The summary on the parent run (its metrics only where they differ from what the run holds), the sweep's
+    figures (those it does not hold yet) and its status."""
+    import tempfile
+
     from mlflow.tracking import MlflowClient
 
     from ltray.tracking.artifacts import log_sweep_summary, sweep_summary_metrics
@@ -126,6 +132,13 @@ def _sync_parent(record: SweepRecord, tracking_uri: str, markdown: str, csv_text
     metrics = sweep_summary_metrics(rows)
     if any(parent.data.metrics.get(key) != value for key, value in metrics.items()):
         log_sweep_summary(client, record.parent_run_id, rows, markdown, csv_text)
+    held = {item.path for item in client.list_artifacts(record.parent_run_id)}
+    for name in SWEEP_FIGURES:
+        figure = sweep_dir.child(name)
+        if name not in held and figure.exists():
+            with tempfile.TemporaryDirectory(prefix="ltray-figure-") as scratch:
+                figure.download(Path(scratch) / name)
+                client.log_artifact(record.parent_run_id, str(Path(scratch) / name))
     if record.status is not None and parent.info.status != record.status:
         client.set_terminated(record.parent_run_id, status=record.status)
 
@@ -155,7 +168,7 @@ def sync_sweep(sweep_dir: Storage, record: SweepRecord, tracking_uri: str, markd
                 result.pending.remove(trial)
                 result.sent.append(trial)
             if not parent_done:
-                _sync_parent(record, tracking_uri, markdown, csv_text, rows)
+                _sync_parent(sweep_dir, record, tracking_uri, markdown, csv_text, rows)
                 parent_done = True
             if result.reason is not None or outage_seen:
                 echo(f"tracking: MLflow at {tracking_uri} answers again; the sweep's records are sent")
