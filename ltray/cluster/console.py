@@ -9,6 +9,7 @@ the console, without Ray's `(pid=...)` prefix.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import re
 import shutil
@@ -32,11 +33,14 @@ _RAY_PREFIX = re.compile(r"^\x1b\[[0-9;]*m|^\([^)]*pid=\d+[^)]*\)\s*(\x1b\[0m)?\
 Say = Callable[[str], None]
 
 
-class LineRouter:
+class LineRouter(io.TextIOBase):
     """A text stream that writes every line to the log and the lines of ltray's own trial processes (see
     `PASSED_THROUGH`) to the console too."""
 
+    encoding = "utf-8"
+
     def __init__(self, log: TextIO, console: TextIO) -> None:
+        super().__init__()
         self.log = log
         self.console = console
         self._partial = ""
@@ -61,8 +65,8 @@ class LineRouter:
         with self._lock:
             self.log.flush()
 
-    def isatty(self) -> bool:
-        return False
+    def writable(self) -> bool:
+        return True
 
     def close_line(self) -> None:
         with self._lock:
