@@ -250,3 +250,8 @@ def test_set_dotted_then_validate() -> None:
     set_dotted(cfg, "method.colt.warmup", -5)
     with pytest.raises(ConfigError, match="method.colt.warmup must be >= 0"):
         validate(cfg)
+
+
+def test_prune_ratio_one_is_accepted_as_sdclr_defines_it() -> None:
+    cfg = load_config(None, {"method.name": "sdclr", "method.sdclr.prune_ratio": 1.0})
+    assert cfg.method.sdclr.prune_ratio == 1.0
