@@ -75,9 +75,9 @@ def connect(
 
     use_fast_train_reports()
     if ray.is_initialized():
-        context = ray.get_runtime_context()
-        return RayConnection(address=context.gcs_address, dashboard_url=_dashboard(_current_dashboard()),
-                             started_here=False)
+        current = ray.init(ignore_reinit_error=True)  # the existing connection's context, dashboard included
+        return RayConnection(address=ray.get_runtime_context().gcs_address,
+                             dashboard_url=_dashboard(getattr(current, "dashboard_url", None)), started_here=False)
     local = address in (None, "", "local")
     runtime_env: dict[str, Any] = {"worker_process_setup_hook": SETUP_HOOK}
     settings = {key: value for key, value in os.environ.items() if key.startswith(SETTINGS_PREFIX)}
@@ -102,13 +102,6 @@ def connect(
     gcs = getattr(info, "address_info", {}).get("gcs_address") or ray.get_runtime_context().gcs_address
     return RayConnection(address=str(gcs), dashboard_url=_dashboard(getattr(info, "dashboard_url", None)),
                          started_here=local)
-
-
-def _current_dashboard() -> str | None:
-    from ray._private.worker import global_worker
-
-    node = getattr(global_worker, "node", None)
-    return getattr(node, "webui_url", None) if node is not None else None
 
 
 def cluster_resources() -> dict[str, float]:

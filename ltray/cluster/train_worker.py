@@ -203,12 +203,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _in_tune_session() -> bool:
-    from ray.tune.trainable.trainable_fn_utils import _in_tune_session as in_tune
-
-    return bool(in_tune())
-
-
 @dataclass(frozen=True)
 class InProcessResult:
     """What `fit_in_process` returns, shaped like the parts of `ray.train.Result` the trials read."""
@@ -218,7 +212,7 @@ class InProcessResult:
 
 
 def fit_in_process(cfg: Config, run_name: str, settings: TrainSettings, journal: TrialJournal | None = None,
-                   *, tune_reports: bool = True) -> InProcessResult:
+                   *, tune_reports: bool = False) -> InProcessResult:
     """One pre-training in the calling process (a sweep with `workers_per_trial: 0`): no Ray Train worker group,
     which saves its start-up (several actors) on small CPU trials. The run folder and its checkpoints are
     `settings.storage_path/run_name` (shared storage on a cluster; on a URI storage a local scratch folder copied
@@ -243,7 +237,7 @@ def _fit_in_folder(cfg: Config, run_name: str, settings: TrainSettings, journal:
 
     run_cfg = cfg.replace({"run.output_dir": output_dir, "run.name": run_name, "run.progress": "off"})
     logger = EpochLogger(journal, run_cfg.run_dir, keep_checkpoints=settings.keep_checkpoints,
-                         tune_reports=tune_reports and _in_tune_session(), mirror=mirror)
+                         tune_reports=tune_reports, mirror=mirror)
     trainer = Pretrainer(run_cfg, reporter=logger)
     latest = mirror.restore(run_cfg.run_dir) if mirror is not None else latest_checkpoint(trainer.ckpt_dir)
     if latest is not None:
@@ -260,19 +254,18 @@ def _fit_in_folder(cfg: Config, run_name: str, settings: TrainSettings, journal:
 
 
 def fit_training(cfg: Config, run_name: str, settings: TrainSettings, journal: TrialJournal | None = None,
-                 *, tune_reports: bool = True):
+                 *, tune_reports: bool = False):
     """Run one pre-training on Ray Train and return its `ray.train.Result` (the last checkpoint in `.checkpoint`).
 
-    The run folder is `settings.storage_path/run_name`; inside a Tune trial the per-epoch metrics also reach Tune
-    unless `tune_reports` is false (MAK's feature extractor, whose epochs are not the trial's).
+    The run folder is `settings.storage_path/run_name`; with `tune_reports` (the run is a Tune trial's training)
+    the per-epoch metrics also reach Tune (not for MAK's feature extractor, whose epochs are not the trial's).
     A COLT run with an array pool also gets the pool as the Ray Dataset `colt_pool`, which the workers embed in
     shards at each resample (`ltray.pools.shard_embed`). With `settings.workers == 0` the run trains in this
     process instead (`fit_in_process`).
     """
     if settings.workers == 0:
         return fit_in_process(cfg, run_name, settings, journal, tune_reports=tune_reports)
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.v2.api.config import LoggingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from ltray.cluster.pool_dataset import PoolShardConfig, colt_pool_dataset
@@ -290,7 +283,7 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, journal: T
     if use_gpu:
         per_worker["GPU"] = settings.gpus_per_worker
     callbacks = []
-    if tune_reports and _in_tune_session():
+    if tune_reports:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())

@@ -216,7 +216,7 @@ def mak_selection(cfg: Config, trial: Trial, settings: TrainSettings,
         print(f"trial {trial.name}: MAK's feature extractor is the finished identical run {sibling.parent.parent.name}")
         result: Any = InProcessResult(ray.train.Checkpoint.from_directory(str(sibling.parent)), {})
     else:
-        result = fit_training(extractor, f"{trial.name}_extractor", settings, None, tune_reports=False)
+        result = fit_training(extractor, f"{trial.name}_extractor", settings, None)
     if result.checkpoint is None:
         raise LtrayError(f"trial {trial.name}: the MAK feature extractor ended without a checkpoint")
     pool = mak_pool_folder(cfg, sweep_dir)
@@ -282,7 +282,7 @@ def run_trial(param: dict[str, Any], context: TrialContext) -> None:
             journal_mak_selection(journal, selection)
             cfg = cfg.replace({"data.extra_data": str(selection)})
             config = cfg.to_dict()
-        result = fit_training(cfg, trial.name, context.train, journal)
+        result = fit_training(cfg, trial.name, context.train, journal, tune_reports=True)
         if result.checkpoint is None:
             raise LtrayError(f"trial {trial.name}: training ended without a checkpoint")
         settings = context.train
