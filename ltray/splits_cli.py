@@ -8,7 +8,7 @@ import numpy as np
 
 from ltray.data.lists import import_sdclr_cifar_split, read_label_array
 from ltray.data.make_shipped_splits import HOLDOUT_SEED, SHARED_ROLES, SHIPPED_DATASETS
-from ltray.data.splits import generate_split, read_manifest, manifest_path, write_split
+from ltray.data.splits import generate_split, manifest_path, read_manifest, write_split
 from ltray.errors import ConfigError, DataError
 
 

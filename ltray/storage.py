@@ -166,7 +166,7 @@ def resolve_storage(value: str | None) -> Storage:
         raise ConfigError(f"--storage {chosen}: name a bucket (and optionally a prefix), e.g. s3://BUCKET/sweeps")
     storage = Storage(chosen.rstrip("/"))
     try:
-        storage.filesystem
+        _ = storage.filesystem  # opening it is the check
     except Exception as error:  # pyarrow raises ArrowInvalid, ValueError or OSError by filesystem kind
         raise ConfigError(f"--storage {chosen}: not a storage ltray can open ({' '.join(str(error).split())[:300]}); "
                           "use a shared path or an s3:// / gs:// URI") from None

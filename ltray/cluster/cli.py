@@ -51,7 +51,8 @@ def build_parser(prog: str, description: str, default_config: Path) -> argparse.
                              "it to the network)")
     parser.add_argument("--dashboard-port", type=int, help="port of that dashboard (default 8265)")
     parser.add_argument("--mlflow-uri", help="MLflow tracking URI: http(s)://..., sqlite:///abs/path.db, ...")
-    parser.add_argument("--storage", help="root of sweep results and checkpoints: a path or a URI (s3://, gs://, ...; default ./ray_results)")
+    parser.add_argument("--storage", help="root of sweep results and checkpoints: a path or a URI (s3://, gs://, ...; "
+                                          "default ./ray_results)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show Ray's and Tune's own output (trial tables, worker logs) on the console too; "
                              "by default it goes to console.log in the sweep folder")

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from ltray.cluster.grid import SPLIT_KEY, SweepSpec, Trial, expand_trials, max_concurrent_trials
 from ltray.config import LIST_DATASETS, Config
 from ltray.errors import ConfigError, LtrayError

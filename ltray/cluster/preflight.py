@@ -14,8 +14,8 @@ checks, from that node:
 
 The driver also checks that one training worker fits on some node (otherwise the trial would wait for resources
 forever), that it can write to a URI storage itself (even on one node), and that no MAK trial needs a folder on a
-URI storage (its pool and selection are read as folders by every worker). Every problem is one line (`PreflightError`, exit 2) naming the node and what to do; the whole check is
-bounded by `PREFLIGHT_TIMEOUT_S`.
+URI storage (its pool and selection are read as folders by every worker). Every problem is one line
+(`PreflightError`, exit 2) naming the node and what to do; the whole check is bounded by `PREFLIGHT_TIMEOUT_S`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltray.storage import Storage, storage_error
 from ltray.errors import ConfigError, LtrayError
+from ltray.storage import Storage, storage_error
 
 PREFLIGHT_TIMEOUT_S = 60.0
 MARKER_PREFIX = ".ltray-preflight-"

@@ -88,7 +88,8 @@ def connect(
             info = ray.init(
                 address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address=LOCALHOST,
                 include_dashboard=True, dashboard_host=dashboard_host, dashboard_port=dashboard_port,
-                runtime_env=runtime_env, logging_level=logging.WARNING, logging_config=ray.LoggingConfig(log_level="WARNING"),
+                runtime_env=runtime_env, logging_level=logging.WARNING,
+                logging_config=ray.LoggingConfig(log_level="WARNING"),
             )
         else:
             use_token_auth_when_available()

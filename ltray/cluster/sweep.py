@@ -23,16 +23,28 @@ from ltray.cluster.benchmark import BASELINE
 from ltray.cluster.console import TrialEvents, reporting, sweep_console
 from ltray.cluster.grid import SweepSpec, Trial, expand_trials, max_concurrent_trials
 from ltray.cluster.preflight import check_cluster
-from ltray.storage import Storage, resolve_storage
-from ltray.tracking.sync import (SweepRecord, SyncResult, close_unfinished, journal_summary_rows, sync_sweep,
-                                 tracking_wait_s, write_sweep_record)
-from ltray.cluster.summary import (comparison_markdown, ordered_probes, probe_of, probe_title, sweep_markdown,
-                                  sweep_title)
-from ltray.cluster.trial import (DRIVER_MEMORY_BYTES, EVAL_REPORT, FINAL_MARK, TRACKING_PENDING, TrialContext,
-                                 run_trial)
-from ltray.eval.figures import RunFigures
+from ltray.cluster.summary import (
+    comparison_markdown,
+    ordered_probes,
+    probe_of,
+    probe_title,
+    sweep_markdown,
+    sweep_title,
+)
 from ltray.cluster.train_worker import TrainSettings
+from ltray.cluster.trial import DRIVER_MEMORY_BYTES, EVAL_REPORT, FINAL_MARK, TRACKING_PENDING, TrialContext, run_trial
 from ltray.errors import ConfigError, LtrayError
+from ltray.eval.figures import RunFigures
+from ltray.storage import Storage, resolve_storage
+from ltray.tracking.sync import (
+    SweepRecord,
+    SyncResult,
+    close_unfinished,
+    journal_summary_rows,
+    sync_sweep,
+    tracking_wait_s,
+    write_sweep_record,
+)
 
 TRAIN_RUNS = "train_runs"
 SUMMARY_MD = "summary.md"
@@ -253,9 +265,8 @@ def write_sweep_figures(sweep_dir: Storage, grid: dict[str, str], title: str) ->
 
 
 def _parent_tags(configs: list[Any]) -> dict[str, str]:
-    from ltray.tracking.runs import standard_tags
-
     from ltray.methods.registry import parse_method
+    from ltray.tracking.runs import standard_tags
 
     def joined(values: list[str]) -> str:
         return ",".join(dict.fromkeys(values))

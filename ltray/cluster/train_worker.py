@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltray.storage import Storage
 from ltray.config import Config, config_from_dict
-from ltray.eval.knn import knn_monitor
 from ltray.errors import CheckpointError
-from ltray.train import distributed as dist_utils
+from ltray.eval.knn import knn_monitor
+from ltray.storage import Storage
 from ltray.tracking.journal import TRAINING_FILE, TrialJournal
+from ltray.train import distributed as dist_utils
 from ltray.train.checkpoint import latest_checkpoint
 
 RESUME_KEY = "resumed_at_epoch"

@@ -30,10 +30,10 @@ from typing import Any
 
 from ltray.cluster.grid import Trial
 from ltray.cluster.summary import probe_title
-from ltray.storage import Storage
 from ltray.cluster.train_worker import InProcessResult, TrainSettings, fit_training
 from ltray.config import Config, config_from_dict
 from ltray.errors import CheckpointError, LtrayError
+from ltray.storage import Storage
 from ltray.tracking.journal import TRIAL_FILE, JournalUploader, TrialJournal, journal_folder
 from ltray.tracking.runs import TAG_CONFIG_KEY, flatten_report, standard_tags
 from ltray.train.checkpoint import checkpoint_name, latest_checkpoint

@@ -3,7 +3,6 @@
 from ltray.models.branch import DENSE, PRUNED, DualBatchNorm, MaskedConv2d, branch, set_branch
 from ltray.models.contrastive import ContrastiveModel, build_model
 from ltray.models.heads import ProjectionHead, build_head
-from ltray.models.published import load_published_backbone
 from ltray.models.pruning import (
     compute_masks,
     magnitude_threshold,
@@ -12,6 +11,7 @@ from ltray.models.pruning import (
     prunable_convs,
     refresh_masks,
 )
+from ltray.models.published import load_published_backbone
 from ltray.models.resnet import Backbone, build_backbone
 
 __all__ = [

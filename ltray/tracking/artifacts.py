@@ -20,8 +20,8 @@ from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
-from ltray.errors import DataError, LtrayError
 from ltray.cluster.summary import sweep_markdown, sweep_title
+from ltray.errors import DataError, LtrayError
 from ltray.eval.metrics import GROUP_NAMES, summarize_runs, summary_metrics, write_summary_csv
 from ltray.tracking.runs import (
     ROLE_PARENT,

@@ -28,9 +28,10 @@ from ltray.config import Config, config_from_dict
 from ltray.data.list_data import ListViewLoader
 from ltray.data.loading import RunData, load_run_data
 from ltray.errors import CheckpointError, ConfigError, TrainingDiverged
+from ltray.losses.gh import gh_two_stage_lr
+from ltray.methods.base import EpochContext, Step
 from ltray.methods.method import Method, build_method
 from ltray.methods.registry import parse_method
-from ltray.methods.base import EpochContext, Step
 from ltray.models.contrastive import ContrastiveModel, build_model
 from ltray.pools.shard_embed import PoolEmbedder, default_pool_embedder
 from ltray.train import distributed as dist_utils
@@ -42,7 +43,6 @@ from ltray.train.checkpoint import (
     restore_rng_states,
     save_checkpoint,
 )
-from ltray.losses.gh import gh_two_stage_lr
 from ltray.train.optim import build_optimizer, iteration_lr, set_lr
 
 METRICS_FILE = "metrics.jsonl"  # one JSON line of metrics per epoch, in the run folder
@@ -167,7 +167,8 @@ class Pretrainer:
         self.ddp_model = _wrap_distributed(self.model, cfg, self.device)
         self.model = _unwrap(self.ddp_model)
         o = cfg.optim
-        self.optimizer = build_optimizer(self.ddp_model.parameters(), o.optimizer, o.lr, o.momentum, o.weight_decay, o.lars_eta)
+        self.optimizer = build_optimizer(self.ddp_model.parameters(), o.optimizer, o.lr, o.momentum, o.weight_decay,
+                                         o.lars_eta)
         self.amp_dtype = autocast_dtype(cfg.run.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.local_batch = local_batch_size(cfg)
@@ -404,7 +405,8 @@ def prepare_run_dir(cfg: Config, resume: bool) -> Path | None:
     return latest
 
 
-def pretrain(cfg: Config, *, resume: bool = False, reporter: EpochReporter | None = None, data: RunData | None = None) -> PretrainResult:
+def pretrain(cfg: Config, *, resume: bool = False, reporter: EpochReporter | None = None,
+             data: RunData | None = None) -> PretrainResult:
     """Pre-train one model from a validated config (single process, or one Ray Train worker)."""
     latest = prepare_run_dir(cfg, resume) if dist_utils.rank() == 0 else None
     trainer = Pretrainer(cfg, data=data, reporter=reporter)
