@@ -69,7 +69,8 @@ def plot_comparison(runs: Mapping[str, Sequence[RunFigures]], path: Path, *, tit
                     baseline: str | None) -> Path:
     """`comparison.png` (see the module docstring); `runs` maps configuration -> its finished runs."""
     configs = [config for config, found in runs.items() if found]
-    others = [config for config in configs if baseline in runs and runs[baseline] and config != baseline]
+    base_runs = runs.get(baseline, []) if baseline is not None else []
+    others = [config for config in configs if base_runs and config != baseline]
     panels = 2 if others else 1
     figure = _new_figure(max(6.0, 1.3 * len(configs) + 3.0) + (4.0 if others else 0.0), 4.5)
     axes = figure.subplots(1, panels, squeeze=False, width_ratios=[2, 1] if others else [1])[0]
@@ -86,7 +87,7 @@ def plot_comparison(runs: Mapping[str, Sequence[RunFigures]], path: Path, *, tit
     axes[0].legend(loc="upper center", ncols=len(HEADLINE), fontsize="small")
     axes[0].grid(True, axis="y", alpha=0.3)
     if others:
-        base = {run.pair: run.figures for run in runs[baseline]}
+        base = {run.pair: run.figures for run in base_runs}
         width = 0.8 / len(PAIRED)
         for index, (key, label) in enumerate(PAIRED):
             stats = []
