@@ -20,12 +20,19 @@ def _descendants(pid: int) -> list[int]:
     return [p.pid for p in psutil.Process(pid).children(recursive=True)]
 
 
-def _gone(pids: list[int], timeout_s: float = 10.0) -> bool:
+def _alive(pid: int) -> bool:
     import psutil
 
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # it may end between any two questions
+        return False
+
+
+def _gone(pids: list[int], timeout_s: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]:
+        if not [p for p in pids if _alive(p)]:
             return True
         time.sleep(0.1)
     return False

@@ -182,7 +182,7 @@ def test_sweep_summary_round_trip(mlflow_server: MlflowServer, experiment_name: 
     simclr_line = next(line for line in table.splitlines() if line.startswith("| simclr |"))
     assert "72.00 ± 2.00" in simclr_line
     assert "53.00 ± 3.00" in simclr_line
-    assert "0.1200 ± 0.0200" in simclr_line
+    assert "12.00 ± 2.00" in simclr_line
     assert simclr_line.rstrip(" |").endswith("simclr-s3")
 
     logged = log_sweep_summary(tracking.client, parent, rows, markdown, summary_csv(rows))
