@@ -27,6 +27,7 @@ from ltray.storage import Storage
 
 CONSOLE_LOG = "console.log"
 EPOCH_LINE_EVERY_S = 30.0  # at most one epoch line per trial in this time (the first and the last always show)
+ETA_AFTER = 0.1  # share of all epochs done before an ETA is shown
 PASSED_THROUGH = ("tracking: ",)
 _RAY_PREFIX = re.compile(r"^\x1b\[[0-9;]*m|^\([^)]*pid=\d+[^)]*\)\s*(\x1b\[0m)?\s*")
 
@@ -187,8 +188,11 @@ class TrialEvents:
                    for trial, epochs in self.epochs.items())
         if not total or not done or done >= total:
             return ""
+        share = f"; sweep {100.0 * done / total:.0f}% of {total} epochs"
+        if done < ETA_AFTER * total:  # start-up dominates the first epochs: no estimate yet
+            return share
         left = (self.clock() - self.started_at) * (total - done) / done
-        return f"; sweep {100.0 * done / total:.0f}% of {total} epochs, ETA {_duration(left)}"
+        return f"{share}, ETA {_duration(left)}"
 
 
 def _duration(seconds: float) -> str:
