@@ -40,6 +40,14 @@ class PoolShardConfig(DataConfig):
     """Ray Train's `DataConfig` for the pool: `streaming_split(equal=False)`, which keeps every row (Train's default
     split gives every worker as many rows by dropping up to world − 1 of them)."""
 
+    @classmethod
+    def for_pool(cls) -> PoolShardConfig:
+        """With Ray Data's default execution options given explicitly: Train's own defaults set the deprecated
+        `exclude_resources`, which warns on every run."""
+        from ray.data import ExecutionOptions
+
+        return cls(execution_options=ExecutionOptions())
+
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):  # type: ignore[override]
         output: list[dict[str, Any]] = [{} for _ in range(world_size)]
         hints = worker_node_ids if self._enable_shard_locality else None

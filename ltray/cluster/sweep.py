@@ -241,9 +241,18 @@ def journal_runs(sweep_dir: Storage, grid: dict[str, str]) -> tuple[str, dict[st
     return main, runs
 
 
+def baseline_config(configs: list[str]) -> str | None:
+    """The configuration the others are paired with: plain SimCLR (`simclr`, or the one configuration whose method
+    is `simclr` when the key also names shared axis values, e.g. `simclr temperature:0.2`)."""
+    if BASELINE in configs:
+        return BASELINE
+    plain = [config for config in configs if config.split()[0] == BASELINE]
+    return plain[0] if len(plain) == 1 else None
+
+
 def write_sweep_figures(sweep_dir: Storage, grid: dict[str, str], title: str) -> list[Storage]:
     """`comparison.png` and `per_class_all.png` of the finished runs (`ltray.eval.figures`) into the sweep folder;
-    the baseline of the paired differences is the `simclr` configuration when the sweep has one."""
+    the baseline of the paired differences is the SimCLR configuration when the sweep has one (`baseline_config`)."""
     import tempfile
 
     from ltray.eval.figures import COMPARISON_PNG, PER_CLASS_ALL_PNG, plot_comparison, plot_per_class_all
@@ -254,7 +263,7 @@ def write_sweep_figures(sweep_dir: Storage, grid: dict[str, str], title: str) ->
     written = []
     with tempfile.TemporaryDirectory(prefix="ltray-figures-") as scratch:
         comparison = plot_comparison(runs, Path(scratch) / COMPARISON_PNG, title=title, probe=probe_title(main),
-                                     baseline=BASELINE if BASELINE in runs else None)
+                                     baseline=baseline_config(list(runs)))
         per_class = plot_per_class_all(runs, Path(scratch) / PER_CLASS_ALL_PNG,
                                        title=f"{title}: per-class accuracy, {probe_title(main)}")
         for local in (comparison, per_class):
@@ -346,7 +355,7 @@ def tune_param_space(trials: list[Trial]) -> dict[str, Any]:
     table = trial_axis_values(trials)
     space: dict[str, Any] = {"trial": tune.grid_search([trial.name for trial in trials])}
     for key in next(iter(table.values()), {}):
-        space[key] = tune.sample_from(lambda spec, key=key: table[spec.config["trial"]][key])
+        space[key] = tune.sample_from(lambda config, key=key: table[config["trial"]][key])
     return space
 
 

@@ -296,7 +296,7 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, journal: T
             "colt_pool_dataset": pool is not None,
         },
         datasets=None if pool is None else {POOL_DATASET: pool},
-        dataset_config=PoolShardConfig() if pool is not None else None,
+        dataset_config=PoolShardConfig.for_pool() if pool is not None else None,
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(
             name=run_name,

@@ -57,3 +57,12 @@ def test_std_figures_are_points_with_two_decimals_in_every_table():
     few_table = text[text.index("## few-shot linear probe (S_b)"):]
     assert "| Std (points) |" in few_table
     assert "| colt | 2 | 35.00 ± 5.00 | 40.00 ± 10.00 | – |" in few_table
+
+
+def test_the_figures_pair_with_the_plain_simclr_configuration():
+    from ltray.cluster.sweep import baseline_config
+
+    assert baseline_config(["colt", "simclr", "sdclr"]) == "simclr"
+    assert baseline_config(["colt colt.budget:500 temperature:0.2", "simclr temperature:0.2"]) == "simclr temperature:0.2"
+    assert baseline_config(["simclr temperature:0.1", "simclr temperature:0.2"]) is None  # no single baseline
+    assert baseline_config(["colt", "sdclr"]) is None
