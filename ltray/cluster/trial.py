@@ -120,7 +120,7 @@ def journal_evaluation(journal: TrialJournal, report: dict[str, Any]) -> dict[st
         per_class = report["per_class"]
         if per_class:
             primary = next(iter(per_class))
-            title = f"{journal.trial}: per-class accuracy, {probe_title(primary)}"
+            title = f"{journal.trial}\nper-class accuracy, {probe_title(primary)}"
             for path in write_run_artifacts(folder, per_class[primary], report["pretrain_counts"], report["groups"],
                                             report["class_names"], title):
                 records.append(journal.store_file(path, path.name))

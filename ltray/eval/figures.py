@@ -100,7 +100,7 @@ def plot_comparison(runs: Mapping[str, Sequence[RunFigures]], path: Path, *, tit
         axes[1].axhline(0.0, color="black", linewidth=0.8)
         axes[1].set_xticks(np.arange(len(others)), others)
         axes[1].set_ylabel(f"difference to {baseline} (points)")
-        axes[1].set_title(f"paired by split and seed, vs {baseline}")
+        axes[1].set_title("paired by split and seed")
         axes[1].legend(loc="best", fontsize="small")
         axes[1].grid(True, axis="y", alpha=0.3)
     figure.suptitle(title)
