@@ -235,7 +235,7 @@ def journal_runs(sweep_dir: Storage, grid: dict[str, str]) -> tuple[str, dict[st
         report_file = journal.file(EVAL_REPORT)
         report = json.loads(report_file.read_text()) if report_file.exists() else {}
         runs[config].append(RunFigures(
-            pair=(int(params["data"]["split"]), int(params["run"]["seed"])),
+            pair=(params.get("data", {}).get("split"), params.get("run", {}).get("seed")),
             figures={probe_of(key)[1]: value for key, value in figures.items() if probe_of(key)[0] == main},
             per_class=(report.get("per_class") or {}).get(main, []), counts=report.get("pretrain_counts", [])))
     return main, runs

@@ -34,7 +34,7 @@ class RunFigures:
     """One finished run of a configuration: its pairing key (split, seed), its main probe's figures and, when
     known, its per-class accuracy (%) and pre-training counts."""
 
-    pair: tuple[int, int]
+    pair: tuple[int | None, int | None]
     figures: Mapping[str, float]
     per_class: Sequence[float] = field(default_factory=list)
     counts: Sequence[int] = field(default_factory=list)

@@ -66,10 +66,11 @@ def test_benchmark_script_in_process_writes_results(ray_head, tmp_path, sweep_na
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["--config", str(config), "--address", "auto", "--mlflow-uri", uri, "--name", sweep_name,
             "--storage", str(tmp_path / "storage"), "--workers-per-trial", "0", "--cpus-per-worker", "0.5",
-            "--results", str(results)]
+            "--results", str(results), "-v"]
     done = sweep_script("benchmark_embedded.py", args, ray_head.env(), tmp_path, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "trained in the trial's process" in done.stdout
+    assert "Trial status:" in done.stdout  # -v: Tune's own tables on the console too
     page = results.read_text()
     assert "| simclr | 2 |" in page and "| simclr subset:D_b | 2 |" in page
     assert "## Differences to SimCLR, paired by split" in page

@@ -124,7 +124,7 @@ axes:
   method.name: [mak]
   data.split: [1]
 resources:
-  workers_per_trial: 1
+  workers_per_trial: 0  # trained in the trial's process: the MAK steps are the same on Ray Train (tested elsewhere)
   cpus_per_worker: 1
 max_failures: 0
 """

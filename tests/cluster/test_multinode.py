@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 SCRIPT = str(ROOT / "experiments" / "sweep_colt.py")
 QUICK = ["--splits", "1", "--set", "optim.epochs=2", "--set", "optim.warmup_epochs=1", "--set", "method.colt.warmup=1",
          "--set", "method.colt.interval=1", "--set", "eval.probe_epochs_scale=0.05", "--set", "run.checkpoint_every=1",
-         "--set", "eval.kshot_draws=1"]
+         "--set", "eval.kshot_draws=1", "--set", "eval.probe_augment=false"]
 PREFLIGHT_LIMIT_S = 60.0
 
 

@@ -65,6 +65,7 @@ def test_sweep_interrupted_resumed_and_recorded(ray_head, mlflow_server, tmp_pat
     assert f"Ray dashboard: {ray_head.dashboard_url}" in output
     assert f"MLflow experiment: {uri}/#/experiments/" in output
     assert f"--resume --name {sweep_name}" in output
+    assert "Trial status:" not in output
 
     before = {run.data.tags["ltray.trial"]: run for run in _runs(client, sweep_name, "child")}
     assert sorted(run.info.status for run in before.values()) == ["FINISHED", "KILLED"]
@@ -74,6 +75,7 @@ def test_sweep_interrupted_resumed_and_recorded(ray_head, mlflow_server, tmp_pat
     resumed = sweep_script("sweep_sdclr.py", args + ["--resume"], ray_head.env(), tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "| simclr | 2 |" in resumed.stdout
+    assert "Trial status:" not in resumed.stdout and "Trial status:" in (storage / sweep_name / "console.log").read_text()
     # Tune's own records carry each trial's axis values, before and after the resume
     for split in (1, 2):
         params = json.loads((storage / sweep_name / f"simclr_split={split}" / "params.json").read_text())
