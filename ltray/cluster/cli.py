@@ -176,8 +176,8 @@ def run_script(
         print(f"Ray's and Tune's own output: {outcome.sweep_dir.child(CONSOLE_LOG)} (-v shows it here)")
     print()
     print(outcome.comparison)
-    for error in outcome.errors:
-        print(f"{prog}: trial failed: {error}", file=sys.stderr)
+    for failure in outcome.errors:
+        print(f"{prog}: trial failed: {failure}", file=sys.stderr)
     if outcome.interrupted:
         print(f"{prog}: interrupted; continue with --resume --name {outcome.name}", file=sys.stderr)
     if outcome.tracking_pending is not None:

@@ -43,10 +43,10 @@ def to_float_nchw(images: ImageArray, device: torch.device | str | None = None) 
 
 def module_device(module: nn.Module) -> torch.device:
     """The device of the module's first parameter or buffer (CPU for a module without any)."""
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
+    for parameter in module.parameters():
+        return parameter.device
+    for buffer in module.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 
