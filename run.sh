@@ -18,10 +18,9 @@ setup() {
     echo "[run.sh] setting up $VENV (first run takes a few minutes)" >&2
     [ -x "$PY" ] || python3 -m venv "$VENV"
     "$PY" -m pip install --quiet --upgrade pip
-    # torch and torchvision first, pinned, so pip takes the local wheels where they exist. No byte-compiling of
-    # every installed file (about a minute): Python compiles the modules it imports, once, on first use.
-    "$PY" -m pip install --quiet --no-compile "torch==2.14.1" "torchvision==0.29.1"
-    "$PY" -m pip install --quiet --no-compile -e ".[dev]"
+    # torch and torchvision first, pinned, so pip takes the local wheels where they exist.
+    "$PY" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+    "$PY" -m pip install --quiet -e ".[dev]"
     echo "$want" > "$STAMP"
 }
 
