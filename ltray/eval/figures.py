@@ -11,8 +11,6 @@ Accuracies and differences are in % (points).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ltray.tracking.artifacts import save_png
 from ltray.tracking.sync import SWEEP_FIGURES
 
 COMPARISON_PNG, PER_CLASS_ALL_PNG = SWEEP_FIGURES
@@ -44,20 +43,6 @@ def _new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
-
-
-def save_png(figure: Figure, path: Path) -> Path:
-    """Write the figure via a temporary name, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(handle)
-    try:
-        figure.savefig(temporary, format="png")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -119,17 +119,22 @@ def plot_per_class(
         axes.legend(loc="lower right")
     if title:
         axes.set_title(title, fontsize="medium")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".png")
+    return save_png(figure, Path(path))
+
+
+def save_png(figure: Figure, path: Path) -> Path:
+    """Write the figure as PNG via a temporary name in the same folder, then move it into place (an existing file
+    is replaced only by a complete one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(handle)
     try:
         figure.savefig(temporary, format="png")
-        os.replace(temporary, target)
+        os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return target
+    return path
 
 
 def write_run_artifacts(
