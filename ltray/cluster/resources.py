@@ -3,12 +3,14 @@
 When a Ray Train controller fails (for instance while forming the process group), its worker group's placement
 group can outlive it and hold its CPUs/GPUs for good; the next trial then waits forever for resources that never
 free. ltray therefore (1) removes, after a failed training, the placement groups that appeared during it and no
-longer hold any live actor, and (2) waits at most `resource_timeout_s()` for the free resources a trial needs
-before starting it, failing the trial with a clear message instead of waiting silently.
+longer hold any live actor, (2) waits at most `resource_timeout_s()` for the free resources a trial needs
+before starting it, failing the trial with a clear message instead of waiting silently, and (3) bounds Ray Train's
+own retries of a worker group that cannot start (its resources taken after that check) to about the same time.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +22,8 @@ DEFAULT_RESOURCE_TIMEOUT_S = 300.0
 POLL_S = 1.0
 SETTLE_S = 2.0
 ORPHAN_WAIT_S = 30.0
+TRAIN_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+RAY_TRAIN_START_TIMEOUT_S = 60.0
 
 
 def resource_timeout_s() -> float:
@@ -32,6 +36,20 @@ def resource_timeout_s() -> float:
     if value <= 0:
         raise LtrayError(f"{RESOURCE_TIMEOUT_ENV} must be > 0, got {text!r}")
     return value
+
+
+def start_retries_within(timeout_s: float) -> int:
+    """Ray Train's `controller_failure_limit` for a run: each attempt to start the worker group waits
+    `$RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S` (Ray's default 60 s) and Ray retries without end by default; this many
+    retries keep all attempts together within about `timeout_s`."""
+    text = os.environ.get(TRAIN_START_TIMEOUT_ENV, "")
+    try:
+        per_attempt = float(text) if text else RAY_TRAIN_START_TIMEOUT_S
+    except ValueError:
+        raise LtrayError(f"{TRAIN_START_TIMEOUT_ENV} must be a number of seconds, got {text!r}") from None
+    if per_attempt <= 0:
+        raise LtrayError(f"{TRAIN_START_TIMEOUT_ENV} must be > 0, got {text!r}")
+    return max(0, math.ceil(timeout_s / per_attempt) - 1)
 
 
 def wait_for_resources(needed: Mapping[str, float], what: str, timeout_s: float | None = None,

@@ -269,7 +269,12 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, journal: T
     from ray.train.torch import TorchTrainer
 
     from ltray.cluster.pool_dataset import PoolShardConfig, colt_pool_dataset
-    from ltray.cluster.resources import placement_groups_or_none, wait_for_resources
+    from ltray.cluster.resources import (
+        placement_groups_or_none,
+        resource_timeout_s,
+        start_retries_within,
+        wait_for_resources,
+    )
     from ltray.cluster.runtime import use_fast_train_reports
     from ltray.pools.shard_embed import POOL_DATASET
 
@@ -301,7 +306,8 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, journal: T
         run_config=RunConfig(
             name=run_name,
             storage_path=settings.storage_path,
-            failure_config=FailureConfig(max_failures=settings.max_failures),
+            failure_config=FailureConfig(max_failures=settings.max_failures,
+                                         controller_failure_limit=start_retries_within(resource_timeout_s())),
             checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
             callbacks=callbacks,
             logging_config=LoggingConfig(log_level="WARNING"),

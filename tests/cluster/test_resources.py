@@ -50,3 +50,61 @@ def test_placement_groups_are_listed_on_the_connected_cluster_beside_another(con
     finally:
         other.stdin.close()  # the other driver shuts its cluster down and exits
         other.wait(timeout=60)
+
+
+def test_start_retries_keep_ray_trains_attempts_within_the_timeout(monkeypatch):
+    from ltray.cluster.resources import TRAIN_START_TIMEOUT_ENV, start_retries_within
+
+    monkeypatch.delenv(TRAIN_START_TIMEOUT_ENV, raising=False)
+    assert start_retries_within(300.0) == 4  # five attempts of Ray's default 60 s
+    assert start_retries_within(30.0) == 0
+    monkeypatch.setenv(TRAIN_START_TIMEOUT_ENV, "2")
+    assert start_retries_within(5.0) == 2
+    monkeypatch.setenv(TRAIN_START_TIMEOUT_ENV, "0")
+    with pytest.raises(LtrayError, match="must be > 0"):
+        start_retries_within(5.0)
+
+
+@pytest.mark.slow
+def test_a_run_whose_resources_are_taken_after_the_check_fails_in_bounded_time(connected, monkeypatch, tmp_path):
+    """The CPUs a trial saw free are taken (here by a placement group) before Ray Train places its workers: Ray
+    would retry starting the worker group without end; the run fails after its bounded retries and leaves no
+    placement group of its own behind."""
+    import threading
+    import time
+    from pathlib import Path
+
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    import ltray.cluster.resources as resources
+    from ltray.cluster.train_worker import TrainSettings, fit_training
+    from ltray.config import load_config
+
+    monkeypatch.setenv(resources.TRAIN_START_TIMEOUT_ENV, "2")
+    monkeypatch.setenv(RESOURCE_TIMEOUT_ENV, "4")
+    monkeypatch.setattr(resources, "wait_for_resources", lambda needed, what: None)  # the check saw them free
+    holder = placement_group([{"CPU": 2}])
+    ray.get(holder.ready(), timeout=60)
+    try:
+        before = resources.placement_group_ids()
+        cfg = load_config(Path(__file__).resolve().parents[2] / "experiments" / "configs" / "digits_tiny.yaml",
+                          {"optim.epochs": 1, "run.name": "starved"})
+        outcome: dict[str, BaseException] = {}
+
+        def train() -> None:
+            try:
+                fit_training(cfg, "starved", TrainSettings(storage_path=str(tmp_path / "train"), max_failures=0))
+            except BaseException as error:  # reported by the assertions below
+                outcome["error"] = error
+
+        started = time.monotonic()
+        thread = threading.Thread(target=train, daemon=True)
+        thread.start()
+        thread.join(timeout=180)
+        assert not thread.is_alive(), "the starved run still waits after 180 s"
+        assert "timed out" in str(outcome.get("error")), outcome
+        assert time.monotonic() - started < 120
+        assert resources.placement_group_ids() <= before
+    finally:
+        remove_placement_group(holder)
