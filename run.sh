@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # ltray quick start: creates .venv on first use, then runs the main job or the tests.
 #   bash run.sh sweep [ARGS...]   the main job: the COLT sweep on the embedded data (experiments/sweep_colt.py)
-#   bash run.sh test  [ARGS...]   ruff on ltray/, then the test suite (pytest ARGS)
+#   bash run.sh test  [ARGS...]   ruff and mypy on ltray/, then the test suite (pytest ARGS)
 #   bash run.sh setup             only create or refresh the virtual environment
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -29,6 +29,7 @@ cmd="${1:-help}"
 case "$cmd" in
     setup) setup ;;
     sweep) setup; exec "$PY" experiments/sweep_colt.py "$@" ;;
-    test)  setup; "$PY" -m ruff check --quiet ltray/; exec "$PY" -m pytest -q --durations=25 "$@" ;;
+    test)  setup; "$PY" -m ruff check --quiet ltray/; "$PY" -m mypy ltray/
+           exec "$PY" -m pytest -q --durations=25 "$@" ;;
     *) sed -n '2,5p' "$0" | sed 's/^# //'; exit 2 ;;
 esac

@@ -1,4 +1,4 @@
-"""Benchmark the incremental K-center greedy against the reference-style quadratic version (specs/mak.md §6).
+"""Benchmark the incremental K-center greedy against the reference-style quadratic version (docs/math/mak.md §6).
 
 Usage: python bench/bench_kcenter.py [--quick] [--device cpu|cuda]
 

@@ -9,7 +9,7 @@
    the same data and config; the three are run in turn `--repeats` times (so a passing load spike hits all of them)
    and the median of each is printed, with its ratio to the single process.
 
-    python bench/bench_orchestration.py [--config experiments/configs/embedded_simclr.yaml] [--epochs 4] [--repeats 2]
+    python bench/bench_orchestration.py [--config ltray/configs/embedded_simclr.yaml] [--epochs 4] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def tune_overhead(cfg: Config, workdir: Path, cpus: float) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     """Run the measurements and print them (and write them as JSON with --json)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "experiments" / "configs" / "embedded_simclr.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "ltray" / "configs" / "embedded_simclr.yaml"))
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", help="also write the figures here")

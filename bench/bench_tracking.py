@@ -4,7 +4,7 @@ while it trains (ltray's sweep path). After one discarded warm-up run, each vari
 the median epoch time (epochs after the first) of each is printed, with the ratio tracked / untracked (goal: at
 most 1.02).
 
-    python bench/bench_tracking.py [--config experiments/configs/embedded_simclr.yaml] [--epochs 4] [--repeats 3]
+    python bench/bench_tracking.py [--config ltray/configs/embedded_simclr.yaml] [--epochs 4] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def tracked(cfg: Config, workdir: Path, name: str, uri: str, parent: str) -> flo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "experiments" / "configs" / "embedded_simclr.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "ltray" / "configs" / "embedded_simclr.yaml"))
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)

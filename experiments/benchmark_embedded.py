@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from ltray.cluster.cli import CONFIG_DIR, run_script
 
-from ltray.cluster.cli import CONFIG_DIR, run_script  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DESCRIPTION = """Embedded benchmark: SimCLR, SDCLR, Focal, LoTaR, BCL, GH (on SimCLR), SDCLR+GH, COLT and MAK (with the
 embedded OOD pool) on scenes-lt, splits 1-5, plus SimCLR pre-trained on the balanced set D_b (the reference row).
@@ -61,8 +60,9 @@ def write_results(args: argparse.Namespace, outcome: Any, wall_seconds: float) -
         commit=git_commit(), wall_seconds=wall_seconds, machine=machine(), reference=REFERENCE,
         notes=[f"Sweep `{outcome.name}`, MLflow parent run `{outcome.parent_run_id}`; per-trial runs, per-class "
                "tables and plots are in MLflow (docs/mlflow.md).",
-               "Budget and probes: experiments/configs/benchmark_embedded.yaml (the probes train on features extracted "
-               "once without augmentation, `eval.probe_augment: false`, at their full schedules). COLT and MAK add pool images to the training set (COLT from its first "
+               "Budget and probes: ltray/configs/benchmark_embedded.yaml (the probes train on features extracted "
+               "once without augmentation, `eval.probe_augment: false`, at their full schedules). COLT and MAK add "
+               "pool images to the training set (COLT from its first "
                "resample, MAK from the start), so at the same epoch count they take more optimiser steps than the "
                "other methods, as in their papers."],
     )

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ltray.cluster.cli import CONFIG_DIR, run_script  # noqa: E402
+from ltray.cluster.cli import CONFIG_DIR, run_script
 
 DESCRIPTION = """COLT sweep: SimCLR with COLT's online OOD sampling off and on, over OOD budget and temperature
 (more axes from the config), on the chosen splits. With no arguments: scenes-lt with the embedded OOD pool

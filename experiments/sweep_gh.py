@@ -8,11 +8,8 @@ MLflow child run per trial; prints the comparison table (mean ± std over splits
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ltray.cluster.cli import CONFIG_DIR, run_script  # noqa: E402
+from ltray.cluster.cli import CONFIG_DIR, run_script
 
 DESCRIPTION = """GH sweep: SimCLR, SimCLR+GH and SDCLR+GH over GH's warm-up epoch and further axes of the config,
 on the chosen splits. Default: scenes-lt, splits 1-3, warm-up 5 and 10 of 20 epochs, Ray started locally; prints

@@ -8,11 +8,8 @@ comparison table (mean ± std over splits).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ltray.cluster.cli import CONFIG_DIR, run_script  # noqa: E402
+from ltray.cluster.cli import CONFIG_DIR, run_script
 
 DESCRIPTION = """SDCLR sweep: the SimCLR baseline and SDCLR (pruned self-competitor) over the pruning ratio and
 further axes of the config, on the chosen splits. Default: scenes-lt, splits 1-3, prune ratio 0.3 and 0.9,

@@ -13,7 +13,7 @@ EXIT_USER_ERROR = 2
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="YAML config file (see experiments/configs/)")
+    p.add_argument("--config", "-c", help="YAML config file (see ltray/configs/)")
     p.add_argument(
         "--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one config value, e.g. --set method.name=sdclr+gh --set optim.epochs=20 (repeatable)",
@@ -161,7 +161,7 @@ def cmd_mak_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-# `ltray mak sample` flags: MakParams field -> (type, help); unset flags keep the spec's defaults (mak.md §8)
+# `ltray mak sample` flags: MakParams field -> (type, help); unset flags keep the defaults of docs/math/mak.md §8
 MAK_FLAGS: dict[str, tuple[type, str]] = {
     "loss_weight": (float, "w, the weight of ECLE tailness against proximity (default 0.5)"),
     "core_ratio": (float, "core set size as a multiple of the budget (default 1.5)"),

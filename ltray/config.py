@@ -115,7 +115,7 @@ class COLTConfig:
 
 @dataclass
 class MakConfig:
-    """MAK run as a sweep method (specs/mak.md §1, §8): the candidate pool, the budget and the sampling
+    """MAK run as a sweep method (docs/math/mak.md §1, §8): the candidate pool, the budget and the sampling
     parameters. `pool` is `embedded` (the embedded OOD pool, `pool_size` items) or a pool folder made by
     `ltray pool import`; `extractor_epochs` 0 trains the feature extractor for `optim.epochs`."""
 

@@ -1,5 +1,5 @@
 """The evaluation protocol of a pre-trained backbone: full-shot, few-shot and k-shot linear probes, per-class
-accuracy, Many / Medium / Few and their Std (specs/data_and_eval.md §3, §8)."""
+accuracy, Many / Medium / Few and their Std (docs/math/data_and_eval.md §3, §8)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
@@ -19,13 +19,14 @@ from ltray.config import Config, config_from_dict
 from ltray.data.loading import RunData, load_run_data
 from ltray.errors import CheckpointError, ConfigError, LtrayError
 from ltray.eval.features import extract_features
-from ltray.eval.metrics import format_summary_table, group_classes, summarize_runs
+from ltray.eval.metrics import Grouping, format_summary_table, group_classes, summarize_runs
 from ltray.eval.probe import (
     ADAM_PRESETS,
     CIFAR_FEW,
     CIFAR_FULL,
     IN100_FEW,
     IN100_FULL,
+    AdamPresetName,
     ProbeSchedule,
     adam_probe,
     kshot_probe,
@@ -37,6 +38,11 @@ from ltray.models.contrastive import ContrastiveModel, build_model
 from ltray.train.checkpoint import load_checkpoint
 
 HEADLINE = ("all", "many", "medium", "few", "group_std", "class_std")
+
+
+class _ModelOptions(TypedDict):
+    head: str
+    dual_bn: bool
 
 
 def scaled_schedule(schedule: ProbeSchedule, factor: float) -> ProbeSchedule:
@@ -57,7 +63,7 @@ def _flat(prefix: str, report: dict[str, float]) -> dict[str, float]:
 def evaluate_backbone(cfg: Config, backbone: nn.Module, data: RunData, device: torch.device) -> dict[str, Any]:
     """Run the configured probes on a frozen backbone; returns flat figures plus per-class accuracies."""
     e = cfg.eval
-    groups = group_classes(data.pretrain_counts, e.grouping)
+    groups = group_classes(data.pretrain_counts, cast(Grouping, e.grouping))  # checked by `config.validate`
     probes = _list_probes if data.is_list else _array_probes
     figures, per_class = probes(cfg, backbone, data, device, groups)
     return {
@@ -148,7 +154,7 @@ def _feature_probes(
     """The probes on extracted (features, labels): the full-shot Adam probe of the Adam protocols and the k-shot
     probe; their figures and per-class accuracies are added to `figures` and `per_class`."""
     e = cfg.eval
-    preset = "bcl_adam" if e.protocol == "sdclr_sgd" else e.protocol
+    preset = cast(AdamPresetName, "bcl_adam" if e.protocol == "sdclr_sgd" else e.protocol)  # `config.validate`
     if e.protocol != "sdclr_sgd" and e.full_shot:
         result = adam_probe(*train, *test, num_classes, preset=preset, epochs=_adam_epochs(cfg, preset),
                             seed=cfg.run.seed,
@@ -206,6 +212,7 @@ def _fixed_shot_figures(
     """BCL's 100-shot and 50-shot probes: five fixed subsets each of the full-shot set, mean over subsets."""
     pool = data.split.role("train_full").indices
     assert pool is not None
+    assert data.base_train is not None
     row_of = np.full(int(pool.max()) + 1, -1, dtype=np.int64)
     row_of[pool] = np.arange(len(pool))
     figures: dict[str, float] = {}
@@ -227,7 +234,7 @@ def model_from_checkpoint(cfg: Config, path: Path, device: torch.device) -> Cont
     state = load_checkpoint(path, map_location=device)
     saved = config_from_dict(state["config"])
     spec = parse_method(saved.method.name)
-    options = {"head": "simclr", "dual_bn": False}
+    options: _ModelOptions = {"head": "simclr", "dual_bn": False}
     if spec.sdclr:
         options = {"head": "sdclr3" if saved.method.sdclr.head_layers == 3 else "simclr",
                    "dual_bn": saved.method.sdclr.dual_bn}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -10,6 +11,9 @@ from ltray.data.lists import import_sdclr_cifar_split, read_label_array
 from ltray.data.make_shipped_splits import HOLDOUT_SEED, SHARED_ROLES, SHIPPED_DATASETS
 from ltray.data.splits import generate_split, manifest_path, read_manifest, write_split
 from ltray.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from ltray.data.sources import CifarName
 
 
 def _dataset_defaults(dataset: str, labels: str | None) -> tuple[np.ndarray, int, int, int | None, int | None]:
@@ -88,7 +92,7 @@ def show_split(directory: str, dataset: str, split_id: int) -> str:
 
 
 def import_published(source: str, dataset: str, out: str, *, labels: str, overwrite: bool) -> list[Path]:
-    """Import SDCLR's published CIFAR splits 1..5 into ltray's format (counts checked against the spec)."""
+    """Import SDCLR's published CIFAR splits 1..5 into ltray's format (counts checked against the published profile)."""
     root = Path(source)
     if not root.is_dir():
         raise DataError(f"published split folder not found: {root}")
@@ -96,6 +100,6 @@ def import_published(source: str, dataset: str, out: str, *, labels: str, overwr
     values = read_label_array(labels, num_classes)
     written = []
     for split_id in range(1, 6):
-        split = import_sdclr_cifar_split(root, dataset, split_id, values)
+        split = import_sdclr_cifar_split(root, cast("CifarName", dataset), split_id, values)  # checked there
         written.append(write_split(split, out, overwrite=overwrite, shared_roles=SHARED_ROLES))
     return written

@@ -106,7 +106,7 @@ def test_splits_make_refuses_to_overwrite_and_rejects_bad_values(
 
 def test_shipped_split_with_a_corrupted_file_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     copy = tmp_path / "digits-lt"
-    shutil.copytree(REPO / "splits" / "digits-lt", copy)
+    shutil.copytree(REPO / "ltray" / "splits" / "digits-lt", copy)
     target = copy / "digits-lt_split1_D_i.npy"
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF
@@ -200,7 +200,7 @@ def test_every_shipped_config_keeps_the_methods_it_names_active() -> None:
     from ltray.config import load_config
 
     for name in ("simclr", "sdclr+gh", "gh", "colt", "focal+gh", "bcl+gh"):
-        load_config(REPO / "experiments" / "configs" / "embedded_simclr.yaml", {"method.name": name})
+        load_config(REPO / "ltray" / "configs" / "embedded_simclr.yaml", {"method.name": name})
 
 
 def test_an_empty_config_file_is_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def setup():
-    cfg = load_config(ROOT / "experiments" / "configs" / "digits_tiny.yaml", {"eval.few_shot": False})
+    cfg = load_config(ROOT / "ltray" / "configs" / "digits_tiny.yaml", {"eval.few_shot": False})
     torch.manual_seed(0)
     backbone = build_model(cfg.model.arch, width=cfg.model.width).backbone.eval()
     return cfg, backbone, load_run_data(cfg)

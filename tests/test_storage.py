@@ -72,7 +72,7 @@ def test_preflight_storage_checks_on_s3(s3_storage):
 
 
 def test_mak_trials_need_a_path():
-    mak = load_config(ROOT / "experiments" / "configs" / "embedded_simclr.yaml", {"method.name": "mak"})
+    mak = load_config(ROOT / "ltray" / "configs" / "embedded_simclr.yaml", {"method.name": "mak"})
     check_mak_storage([mak], Storage("/shared/sweeps"))
     with pytest.raises(PreflightError, match="MAK's pool and selection are folders"):
         check_mak_storage([mak], Storage("s3://bucket/sweeps"))
@@ -90,7 +90,7 @@ def test_in_process_run_on_s3_keeps_its_newest_checkpoints_there_and_resumes(s3_
     settings = TrainSettings(storage_path=f"{s3_storage}/train_runs", workers=0, keep_checkpoints=2)
 
     def config(epochs: int):
-        return load_config(ROOT / "experiments" / "configs" / "digits_tiny.yaml", {
+        return load_config(ROOT / "ltray" / "configs" / "digits_tiny.yaml", {
             "optim.epochs": epochs, "optim.batch_size": 64, "optim.warmup_epochs": 1, "run.checkpoint_every": 1})
 
     assert fit_in_process(config(2), "trial_a", settings, journal).metrics["epoch"] == 2.0

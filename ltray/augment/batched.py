@@ -1,4 +1,4 @@
-"""Batched tensor augmentation for in-memory data sets (specs/data_and_eval.md §4, §8; focal_lotar.md §2.4).
+"""Batched tensor augmentation for in-memory data sets (docs/math/data_and_eval.md §4, §8; focal_lotar.md §2.4).
 
 The SimCLR view pipeline runs on a whole uint8 batch at once, on the batch's device:
 RandomResizedCrop → horizontal flip → ColorJitter with p 0.8 → grayscale with p 0.2 → optional extra hook (BCL's
@@ -331,7 +331,7 @@ class SimCLRViews:
     `preset` picks the crop scale and interpolation (`PRESETS`); `cifar_normalize` (default: the preset's, True
     only for `gh`) appends Normalize(CIFAR_MEAN, CIFAR_STD) so the output is no longer in [0, 1]: this mirrors the
     GH reference, where ltray's model normalises once more. `extra` runs on each view after grayscale and before
-    the normalisation (BCL's RandAugment_prob, specs/bcl.md §4).
+    the normalisation (BCL's RandAugment_prob, docs/math/bcl.md §4).
     """
 
     def __init__(

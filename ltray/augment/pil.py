@@ -1,4 +1,4 @@
-"""Per-item PIL pipelines for image-root data sets, run in loader workers (specs/data_and_eval.md §4, bcl.md §4).
+"""Per-item PIL pipelines for image-root data sets, run in loader workers (docs/math/data_and_eval.md §4, bcl.md §4).
 
 Each factory returns a torchvision composition with the reference's exact transforms. They draw their randomness
 from torch's global CPU generator; `TwoViews` can seed it per (seed, epoch, index, view) for the duration of one
@@ -128,7 +128,8 @@ def apply_op_pil(name: str, image: Image.Image, value: float, centre: tuple[floa
         "AutoContrast": lambda: ImageOps.autocontrast(image),
         "Invert": lambda: ImageOps.invert(image),
         "Equalize": lambda: ImageOps.equalize(image),
-        "Solarize": lambda: ImageOps.solarize(image, value),
+        # Pillow's annotation types the threshold int; it compares pixel values with it, so a float works
+        "Solarize": lambda: ImageOps.solarize(image, value),  # type: ignore[arg-type]
         "Posterize": lambda: ImageOps.posterize(image, max(1, int(value))),
         "Contrast": lambda: ImageEnhance.Contrast(image).enhance(value),
         "Color": lambda: ImageEnhance.Color(image).enhance(value),
@@ -142,7 +143,7 @@ def apply_op_pil(name: str, image: Image.Image, value: float, centre: tuple[floa
 
 
 class RandAugmentProbPIL:
-    """RandAugment_prob(n, m, p) on one PIL image (specs/bcl.md §4), drawing from torch's CPU generator."""
+    """RandAugment_prob(n, m, p) on one PIL image (docs/math/bcl.md §4), drawing from torch's CPU generator."""
 
     def __init__(self, n_ops: int, magnitude: float, prob: float) -> None:
         if not 0.0 <= magnitude <= MAX_MAGNITUDE:

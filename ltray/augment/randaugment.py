@@ -1,5 +1,5 @@
 """BCL's weight-driven RandAugment_prob, batched (Zhou et al., "Contrastive Learning with Boosted Memorization",
-ICML 2022; specs/bcl.md §4-§5).
+ICML 2022; docs/math/bcl.md §4-§5).
 
 Images are float [B, 3, H, W] in [0, 1]; each op acts on the samples that drew it, in one batched call. The ops
 reproduce PIL's uint8 semantics, the reference's image type:
@@ -12,14 +12,14 @@ reproduce PIL's uint8 semantics, the reference's image type:
   PIL's 8-bit rounding of intermediates;
 - Cutout fills the columns x0 … x0 + ⌊s⌋, x0 = ⌊max(0, cx − s/2)⌋ (rows alike), s = v·W, clipped to the image,
   with (125, 123, 114)/255: the reference draws a PIL rectangle, which includes both corners, so a side of s
-  covers ⌊s⌋ + 1 pixels. The centre (cx, cy) is uniform over the image, as the spec says (the reference's
+  covers ⌊s⌋ + 1 pixels. The centre (cx, cy) is uniform over the image, as docs/math/bcl.md §4 says (the reference's
   `np.random.uniform(w)` actually draws from (1, w]).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -268,7 +268,7 @@ def apply_op(name: str, images: torch.Tensor, value: torch.Tensor, draws: torch.
 def rand_augment_prob(
     images: torch.Tensor, n_ops: int, magnitude: torch.Tensor, prob: torch.Tensor, draws: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """RandAugment_prob(n, m, p) on float [B, 3, H, W] images (specs/bcl.md §4).
+    """RandAugment_prob(n, m, p) on float [B, 3, H, W] images (docs/math/bcl.md §4).
 
     draws: U[0,1) of shape [B, n_ops, 5] with columns (op choice, apply, sign, cutout centre x, centre y). The k-th
     op of a sample is OPS[⌊15·u⌋], chosen with replacement, and applied iff its apply draw < p. Returns the images,
@@ -314,7 +314,7 @@ def bcl_params(
     u: torch.Tensor | None = None,
     variant: str = "cifar",
 ) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """BCL's mapping from memorisation weight w to RandAugment_prob(n, m, p) (specs/bcl.md §4).
+    """BCL's mapping from memorisation weight w to RandAugment_prob(n, m, p) (docs/math/bcl.md §4).
 
     - cifar, k = 1 (BCL-I): n = 1, m = 10 + (M − 10)·w, p = w.
     - cifar, k ≥ 2 (BCL-D): n = k, m = 5 + (M − 5)·w·u, p = w, with u ~ U[0,1) drawn once per item fetch.
@@ -331,12 +331,12 @@ def bcl_params(
             raise ConfigError("BCL with rand_k >= 2 or the imagenet variant needs the per-item draw u")
         u = u.to(device=w.device, dtype=torch.float32)
     if variant == "imagenet":
-        return 2, strength * w * u, w
+        return 2, strength * w * cast(torch.Tensor, u), w  # u is not None: checked above
     if variant != "cifar":
         raise ConfigError(f"BCL augmentation variant must be 'cifar' or 'imagenet', got {variant!r}")
     if rand_k == 1:
         return 1, 10.0 + (strength - 10.0) * w, w
-    return rand_k, 5.0 + (strength - 5.0) * w * u, w
+    return rand_k, 5.0 + (strength - 5.0) * w * cast(torch.Tensor, u), w  # rand_k >= 2: u checked above
 
 
 class StaleWeightsError(RuntimeError):
@@ -352,7 +352,7 @@ def check_weights_version(used: int, expected: int) -> None:
 
 
 class BCLWeights:
-    """An immutable, versioned BCL weight vector w ∈ [0, 1]^N keyed by dataset index (specs/bcl.md §5).
+    """An immutable, versioned BCL weight vector w ∈ [0, 1]^N keyed by dataset index (docs/math/bcl.md §5).
 
     `version` is the (1-based) epoch whose end produced it; version 0 is all zeros and drives epoch 1.
     """
@@ -450,7 +450,7 @@ class RandAugmentProb:
 class ItemRequest(NamedTuple):
     """What a loader worker needs to augment one item: its index, its BCL weight, and the weights' version."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index, which typeshed types as a method
     weight: float
     version: int
 

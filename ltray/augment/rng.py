@@ -1,4 +1,4 @@
-"""Counter-based augmentation randomness (specs/bcl.md §5).
+"""Counter-based augmentation randomness (docs/math/bcl.md §5).
 
 Every random number used by an augmentation is a pure function of (seed, epoch, index, view, slot): a chain of
 splitmix64 finalisers (Steele, Lea & Flood, "Fast splittable pseudorandom number generators", OOPSLA 2014) over

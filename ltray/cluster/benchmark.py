@@ -102,7 +102,7 @@ def by_config(results: Sequence[TrialResult]) -> dict[str, dict[int, TrialResult
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population std (ddof 0) over splits, as the summaries of specs/data_and_eval.md §9."""
+    """Mean and population std (ddof 0) over splits, as the summaries of docs/math/data_and_eval.md §9."""
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ltray.errors import LtrayError
+from ltray.shipped import shipped_config_dir
 
 EXIT_USER_ERROR = 2
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+CONFIG_DIR = shipped_config_dir()
 
 COMMON_HELP = """
 Ray: without --address (or with --address local) Ray starts in this process, node and dashboard bound to

@@ -100,7 +100,7 @@ def ray_output_to_log(log_path: Path | None) -> Iterator[Say]:
         router = LineRouter(log, console)
         swapped = _swap_handler_streams(router)
         saved = sys.stdout, sys.stderr
-        sys.stdout = sys.stderr = router  # type: ignore[assignment]
+        sys.stdout = sys.stderr = router
 
         def say(line: str) -> None:
             router.flush()

@@ -3,13 +3,13 @@
 A dry run expands the sweep's grid exactly as the sweep would (`ltray.cluster.grid.expand_trials`), then estimates
 what each trial costs without starting Ray or MLflow and without reading image data:
 
-- **Training-set size** N of a trial: the `D_i`/`D_b` total in the split manifest (`splits/<data set>/*.json`, or
-  `data.splits_dir`); without a manifest, the counts of specs/data_and_eval.md §1-§2; for image-list data sets the
+- **Training-set size** N of a trial: the `D_i`/`D_b` total in the split manifest (`ltray/splits/<data set>/*.json`, or
+  `data.splits_dir`); without a manifest, the counts of docs/math/data_and_eval.md §1-§2; for image-list data sets the
   line count of `data.train_list` when that file exists, else the size the published list is known to have
   (ImageNet-100-LT, ImageNet-LT); otherwise unknown, and said so.
 - **Images processed** (each image gives two augmented views): epochs × N; with COLT, warm-up epochs × N plus the
-  remaining epochs × (N + budget) (specs/colt.md §1, §5), and at every resample the whole pool plus the ID set is
-  embedded once (specs/colt.md §2), counted as inference images; with MAK's extra data (`data.extra_data`), the
+  remaining epochs × (N + budget) (docs/math/colt.md §1, §5), and at every resample the whole pool plus the ID set is
+  embedded once (docs/math/colt.md §2), counted as inference images; with MAK's extra data (`data.extra_data`), the
   selection's size is added to N.
 - **Time**: images / the measured images per second of the trial's (device, arch, image size, width) in
   `throughput.json`, times the number of workers (linear DDP scaling, an optimistic assumption); an inference image
@@ -31,6 +31,7 @@ from pathlib import Path
 from ltray.cluster.grid import SPLIT_KEY, SweepSpec, Trial, expand_trials, max_concurrent_trials
 from ltray.config import LIST_DATASETS, Config
 from ltray.errors import ConfigError, LtrayError
+from ltray.shipped import shipped_splits_dir
 
 THROUGHPUT_FILE = Path(__file__).with_name("throughput.json")
 INFERENCE_COST = 1.0 / 6.0
@@ -38,16 +39,16 @@ CPU_DEVICE = "cpu"
 DEFAULT_GPU_KIND = "nvidia-h100"
 LIST_IMAGE_SIZE = 224  # ltray.data.list_data.LIST_IMAGE_SIZE (not imported: that module pulls in the loaders)
 ARRAY_IMAGE_SIZE = {"scenes-lt": 16, "digits-lt": 16, "cifar10": 32, "cifar100": 32}
-RANDOM_300K_SIZE = 300_000  # specs/colt.md §2
+RANDOM_300K_SIZE = 300_000  # docs/math/colt.md §2
 # Training-set sizes when no manifest or list file is at hand: (data set, protocol, subset) → (images, source).
 SPEC_TRAIN_SIZES: dict[tuple[str, str, str], tuple[int, str]] = {
-    ("cifar10", "sdclr", "D_i"): (11_165, "specs/data_and_eval.md §1"),
-    ("cifar100", "sdclr", "D_i"): (9_754, "specs/data_and_eval.md §1"),
-    ("cifar10", "sdclr", "D_b"): (11_160, "specs/data_and_eval.md §1 (N_B = 1 116 per class)"),
-    ("cifar100", "sdclr", "D_b"): (9_700, "specs/data_and_eval.md §1 (N_B = 97 per class)"),
-    ("cifar10", "cao", "D_i"): (12_406, "specs/data_and_eval.md §1"),
-    ("cifar100", "cao", "D_i"): (10_847, "specs/data_and_eval.md §1"),
-    ("imagenet100", "sdclr", "D_i"): (12_205, "specs/data_and_eval.md §2 (imageNet_100_LT_train)"),
+    ("cifar10", "sdclr", "D_i"): (11_165, "docs/math/data_and_eval.md §1"),
+    ("cifar100", "sdclr", "D_i"): (9_754, "docs/math/data_and_eval.md §1"),
+    ("cifar10", "sdclr", "D_b"): (11_160, "docs/math/data_and_eval.md §1 (N_B = 1 116 per class)"),
+    ("cifar100", "sdclr", "D_b"): (9_700, "docs/math/data_and_eval.md §1 (N_B = 97 per class)"),
+    ("cifar10", "cao", "D_i"): (12_406, "docs/math/data_and_eval.md §1"),
+    ("cifar100", "cao", "D_i"): (10_847, "docs/math/data_and_eval.md §1"),
+    ("imagenet100", "sdclr", "D_i"): (12_205, "docs/math/data_and_eval.md §2 (imageNet_100_LT_train)"),
     ("imagenet-lt", "sdclr", "D_i"): (115_846, "ImageNet_LT_train.txt of Liu et al. 2019 (not in the specs)"),
 }
 
@@ -134,7 +135,7 @@ def train_set_size(cfg: Config) -> tuple[int | None, str]:
     else:
         from ltray.data.splits import manifest_path
 
-        directory = Path(d.splits_dir) if d.splits_dir else Path(__file__).resolve().parents[2] / "splits" / d.dataset
+        directory = Path(d.splits_dir) if d.splits_dir else shipped_splits_dir() / d.dataset
         manifest = manifest_path(directory, d.dataset, d.split)
         if manifest.is_file():
             try:
@@ -167,7 +168,7 @@ def pool_size(cfg: Config) -> int | None:
 
 
 def colt_resamples(epochs: int, warmup: int, interval: int) -> int:
-    """Resample epochs e (1-based) with e − 1 ≥ warmup and (e − 1 − warmup) mod interval = 0 (specs/colt.md §1)."""
+    """Resample epochs e (1-based) with e − 1 ≥ warmup and (e − 1 − warmup) mod interval = 0 (docs/math/colt.md §1)."""
     return 0 if epochs - 1 < warmup else (epochs - 1 - warmup) // interval + 1
 
 

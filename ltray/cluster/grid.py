@@ -20,7 +20,7 @@ A key under `method.<component>.` (sdclr, focal, lotar, bcl, gh, colt, mak) only
 component, so such an axis is dropped from trials whose method lacks it and the duplicates collapse into one trial
 (`simclr` is trained once, not once per COLT budget). The split and seed axes are replicates: the
 `ltray.config_key` of a trial leaves them out, so summaries give mean ± std over splits (or seeds) per
-configuration (specs/data_and_eval.md §9).
+configuration (docs/math/data_and_eval.md §9).
 """
 
 from __future__ import annotations

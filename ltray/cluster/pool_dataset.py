@@ -1,4 +1,4 @@
-"""The driver side of COLT's sharded pool embedding on Ray Train (specs/colt.md §2; `ltray.pools.shard_embed`).
+"""The driver side of COLT's sharded pool embedding on Ray Train (docs/math/colt.md §2; `ltray.pools.shard_embed`).
 
 `fit_training` hands a COLT run's pool to the `TorchTrainer` as the Ray Dataset `colt_pool`, with columns
 `pool_index` (int64) and `image` (the raw uint8 H×W×3 bytes, fixed-size binary, as in a Parquet pool):
@@ -48,7 +48,8 @@ class PoolShardConfig(DataConfig):
 
         return cls(execution_options=ExecutionOptions())
 
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):  # type: ignore[override]
+    def configure(self, datasets: dict[str, Any], world_size: int, worker_handles: Any, worker_node_ids: Any,
+                  **kwargs: Any) -> list[dict[str, Any]]:
         output: list[dict[str, Any]] = [{} for _ in range(world_size)]
         hints = worker_node_ids if self._enable_shard_locality else None
         for name, dataset in datasets.items():

@@ -1,4 +1,4 @@
-"""The tables a sweep prints and attaches to its parent run (specs/data_and_eval.md §9).
+"""The tables a sweep prints and attaches to its parent run (docs/math/data_and_eval.md §9).
 
 A trial's final figures are named `<probe>_<metric>`: `full_all`, `few_many`, `shot10_group_std`, ... (`full` the
 full-shot probe, `few` the few-shot probe on `S_b`, `shot<k>` the k-shot probe). The comparison table puts the
@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from ltray.eval.metrics import format_summary_table
+from ltray.eval.metrics import RunSummary, SummaryRow, format_summary_table
 
-SummaryRow = tuple[str, Mapping[str, object]]
 HEADLINE = ("all", "many", "medium", "few", "group_std")
 _SHOT = re.compile(r"^shot(\d+)$")
 
@@ -43,13 +42,13 @@ def ordered_probes(figures: Iterable[str]) -> list[str]:
 
 
 def _probes(rows: Sequence[SummaryRow]) -> list[str]:
-    return ordered_probes(figure for _, summary in rows for figure in summary["mean"])  # type: ignore[union-attr]
+    return ordered_probes(figure for _, summary in rows for figure in summary["mean"])
 
 
-def _restrict(summary: Mapping[str, object], keys: Mapping[str, str]) -> dict[str, object]:
+def _restrict(summary: RunSummary, keys: Mapping[str, str]) -> RunSummary:
     """A summary holding only the figures in `keys`, renamed to their values."""
-    means: Mapping[str, float] = summary["mean"]  # type: ignore[assignment]
-    stds: Mapping[str, float] = summary["std"]  # type: ignore[assignment]
+    means: Mapping[str, float] = summary["mean"]
+    stds: Mapping[str, float] = summary["std"]
     return {
         "n_runs": summary["n_runs"], "runs": summary["runs"], "missing": summary["missing"],
         "mean": {new: means[old] for old, new in keys.items() if old in means},
@@ -59,9 +58,9 @@ def _restrict(summary: Mapping[str, object], keys: Mapping[str, str]) -> dict[st
 
 def probe_rows(rows: Sequence[SummaryRow], probe: str) -> list[SummaryRow]:
     """The rows restricted to one probe's figures, with the probe prefix removed (`full_all` → `all`)."""
-    result = []
+    result: list[SummaryRow] = []
     for name, summary in rows:
-        keys = {figure: probe_of(figure)[1] for figure in summary["mean"] if probe_of(figure)[0] == probe}  # type: ignore[union-attr]
+        keys = {figure: probe_of(figure)[1] for figure in summary["mean"] if probe_of(figure)[0] == probe}
         result.append((name, _restrict(summary, keys)))
     return result
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ltray.cluster.benchmark import BASELINE
 from ltray.cluster.console import TrialEvents, reporting, sweep_console
@@ -45,6 +45,9 @@ from ltray.tracking.sync import (
     tracking_wait_s,
     write_sweep_record,
 )
+
+if TYPE_CHECKING:
+    from ray.tune import Result
 
 TRAIN_RUNS = "train_runs"
 SUMMARY_MD = "summary.md"
@@ -355,7 +358,8 @@ def tune_param_space(trials: list[Trial]) -> dict[str, Any]:
     table = trial_axis_values(trials)
     space: dict[str, Any] = {"trial": tune.grid_search([trial.name for trial in trials])}
     for key in next(iter(table.values()), {}):
-        space[key] = tune.sample_from(lambda config, key=key: table[config["trial"]][key])
+        value = cast(Callable[[dict[str, Any]], Any], lambda config, key=key: table[config["trial"]][key])
+        space[key] = tune.sample_from(value)
     return space
 
 
@@ -431,14 +435,14 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo | None = None) 
             with InterruptWatch() as watch, reporting(events):
                 results = tuner.fit()
             errors = _errors(results)
-            unfinished = [result for result in results
+            unfinished = [result for result in cast("Iterable[Result]", results)  # iterable through __getitem__
                           if result.error is None and not (result.metrics or {}).get(FINAL_MARK)]
             interrupted = watch.interrupted or (spec.asha is None and bool(unfinished))
             close_unfinished(sweep_dir, grid, "KILLED")
             record.status = "KILLED" if interrupted else ("FAILED" if errors else "FINISHED")
             write_sweep_record(sweep_dir, record)
             markdown, csv_text, rows = summarize_sweep(sweep_dir, grid, sweep_title(spec.name))
-            kept_back = any((result.metrics or {}).get(TRACKING_PENDING) for result in results)
+            kept_back = any((result.metrics or {}).get(TRACKING_PENDING) for result in cast("Iterable[Result]", results))
             synced = sync_sweep(sweep_dir, record, tracking_uri, markdown, csv_text, rows, wait_s=wait_s, echo=echo,
                                 outage_seen=kept_back)
         except BaseException:

@@ -1,7 +1,7 @@
 """One pre-training run on Ray Train: a `TorchTrainer` whose workers each run the single-process `Pretrainer`.
 
 Ray Train starts the workers and the torch process group (gloo on CPU, NCCL on GPU); `Pretrainer` then does SyncBN,
-DDP, the distributed sampler, the all-gather with gradient and the world-size loss scaling (specs/README.md,
+DDP, the distributed sampler, the all-gather with gradient and the world-size loss scaling (docs/math/README.md,
 convention 4). Every epoch all workers call `ray.train.report` once; on checkpoint epochs rank 0 attaches the
 ltray checkpoint, which Ray copies into the run's storage folder. After a worker dies, `FailureConfig` restarts the
 group and each worker resumes exactly from `ray.train.get_checkpoint()`. A run started again under the same name
@@ -303,13 +303,14 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, journal: T
         datasets=None if pool is None else {POOL_DATASET: pool},
         dataset_config=PoolShardConfig.for_pool() if pool is not None else None,
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
-        run_config=RunConfig(
+        # the ignores: `ray.train` re-exports Train V2's configs at run time, mypy reads its V1 definitions
+        run_config=RunConfig(  # type: ignore[call-arg]
             name=run_name,
             storage_path=settings.storage_path,
-            failure_config=FailureConfig(max_failures=settings.max_failures,
+            failure_config=FailureConfig(max_failures=settings.max_failures,  # type: ignore[call-arg]
                                          controller_failure_limit=start_retries_within(resource_timeout_s())),
             checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
-            callbacks=callbacks,
+            callbacks=callbacks,  # type: ignore[arg-type]
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )

@@ -10,7 +10,7 @@ The trial function itself only coordinates (its Tune resource request is a littl
 workers hold the trial's CPUs/GPUs while they train, and the evaluation runs afterwards as a Ray task with one
 worker's resources.
 
-A trial of method `mak` without `data.extra_data` first runs MAK's pipeline (specs/mak.md §1): the SimCLR feature
+A trial of method `mak` without `data.extra_data` first runs MAK's pipeline (docs/math/mak.md §1): the SimCLR feature
 extractor (Ray Train run `<trial>_extractor`), then `mak_sample` on its final checkpoint against the pool (the
 embedded pool is imported once per sweep into `<sweep>/mak_pool_<size>`), writing the selection to
 `<sweep>/mak/<trial>`; the trial then trains on LT ∪ selection as any other trial. Finished stages are reused on
@@ -163,7 +163,7 @@ def mak_pool_folder(cfg: Config, sweep_dir: Path) -> Path:
 
 
 def extractor_config(cfg: Config) -> Config:
-    """MAK's feature extractor (specs/mak.md §1 step 1): the trial's config as SimCLR, for
+    """MAK's feature extractor (docs/math/mak.md §1 step 1): the trial's config as SimCLR, for
     `method.mak.extractor_epochs` epochs (0: `optim.epochs`)."""
     epochs = cfg.method.mak.extractor_epochs or cfg.optim.epochs
     return cfg.replace({"method.name": "simclr", "optim.epochs": epochs})

@@ -12,7 +12,7 @@
 
 scenes-lt and digits-lt are integer arithmetic on losslessly decoded PNGs (or scikit-learn's digit levels) with
 NumPy's frozen legacy random stream, so a build is bit-identical across machines; the sha256 of the arrays is
-checked against the reference build that the shipped splits (splits/<name>/) index into. Built arrays are
+checked against the reference build that the shipped splits (ltray/splits/<name>/) index into. Built arrays are
 cached under `$LTRAY_CACHE` or `~/.cache/ltray`, keyed by a hash of the build parameters.
 """
 
@@ -409,7 +409,7 @@ def cached_arrays(recipe: Recipe) -> dict[str, np.ndarray]:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
         try:
             with os.fdopen(handle, "wb") as stream:
-                np.savez(stream, sha256=np.asarray(arrays_sha256(arrays)), **arrays)
+                np.savez(stream, sha256=np.asarray(arrays_sha256(arrays)), **arrays)  # type: ignore[arg-type]
             os.replace(temporary, path)
         finally:
             Path(temporary).unlink(missing_ok=True)
@@ -448,7 +448,7 @@ SPECS: dict[str, _DatasetSpec] = {
     ),
 }
 EMBEDDED_DATASETS = tuple(SPECS)
-# `arrays_sha256` of the builds that the shipped splits (splits/<name>/) index into.
+# `arrays_sha256` of the builds that the shipped splits (ltray/splits/<name>/) index into.
 REFERENCE_SHA256 = {
     "scenes-lt": "c88cb45baf06877bd474dcec45dbf0b934d8984e2aff0a6aa932e1354619e4d6",
     "digits-lt": "18ba43d26a487c7fb0d080c163e34789f49a9661c225f287ebedc88d4182d82f",
@@ -530,7 +530,7 @@ def check_split_base(manifest: dict[str, object], data: EmbeddedData) -> None:
 
 
 def load_embedded_split(name: str, split_id: int, directory: str | Path) -> tuple[EmbeddedData, Split]:
-    """Embedded data set `name` and its split `split_id` read from `directory` (e.g. splits/<name>/), with every
+    """Embedded data set `name` and its split `split_id` read from `directory` (e.g. ltray/splits/<name>/), with every
     file's sha256, the load checks, the labels and the recorded base-set sha256 verified."""
     data = load_embedded(name)
     split = read_split(directory, name, split_id, labels=data.train.labels)
@@ -710,7 +710,7 @@ def report_markdown() -> str:
         "",
         "The build is integer arithmetic on losslessly decoded PNG photographs with NumPy's frozen legacy random",
         "stream (`RandomState`), so it is bit-identical across machines. `load_embedded` compares the sha256 of the",
-        "arrays with `REFERENCE_SHA256`, the build the shipped splits (`splits/scenes-lt/`) index into, and raises",
+        "arrays with `REFERENCE_SHA256`, the build the shipped splits (`ltray/splits/scenes-lt/`) index into, and raises",
         "DataError on a mismatch (for example a scikit-image release with other bundled photographs). Built arrays",
         "are cached under `$LTRAY_CACHE` or `~/.cache/ltray`, keyed by a hash of the build parameters.",
         "",
@@ -791,10 +791,10 @@ def report_markdown() -> str:
         "libraries; no shipped file indexes into it, so it is not checked against a reference sha256.",
         "",
     ]
-    counts = np.bincount(pool_provenance.photo_index, minlength=len(pool_provenance.photos))
+    patch_counts = np.bincount(pool_provenance.photo_index, minlength=len(pool_provenance.photos))
     lines += _table(
         ["photograph", "package", "patches"],
-        [[f"`{name}`", PHOTOS[name][0], str(int(counts[i]))] for i, name in enumerate(pool_provenance.photos)],
+        [[f"`{name}`", PHOTOS[name][0], str(int(patch_counts[i]))] for i, name in enumerate(pool_provenance.photos)],
     )
     return "\n".join(lines) + "\n"
 

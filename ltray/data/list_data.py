@@ -1,8 +1,8 @@
 """Image-list data sets (ImageNet-100-LT, ImageNet-LT, Places-LT): an image root plus `path label [source]` lists.
 
-Specification: specs/data_and_eval.md §2 (list format), §4 (ImageNet pre-training, inference and SGD-probe
-pipelines), §8 (the `sdclr_sgd` probe with the IN-100 schedules); specs/bcl.md §4-§5 (BCL's ImageNet views and
-versioned weights); specs/README.md conventions 1 and 6.
+Specification: docs/math/data_and_eval.md §2 (list format), §4 (ImageNet pre-training, inference and SGD-probe
+pipelines), §8 (the `sdclr_sgd` probe with the IN-100 schedules); docs/math/bcl.md §4-§5 (BCL's ImageNet views and
+versioned weights); docs/math/README.md conventions 1 and 6.
 
 Unlike array data sets, items are decoded and augmented one by one in `torch.utils.data.DataLoader` workers. Every
 random draw of an item's view is seeded from (seed, epoch, index, view) (`ltray.augment.rng.seed_for`), so a batch

@@ -1,6 +1,6 @@
 """Readers and writers for the published split formats, and importers that turn published files into `Split`s.
 
-Specification: specs/data_and_eval.md §2.
+Specification: docs/math/data_and_eval.md §2.
 - CIFAR `.npy`: a 1-D int64 array of indices into the torchvision-ordered train set.
 - ImageNet/Places text lists: UTF-8, one image per line, `path label [source]`, whitespace-separated.
 - SDCLR's layout (VITA-Group/SDCLR `split/`): `cifar10_imbSub_with_subsets/split{s}_{D_i,D_b,S_b}.npy`,
@@ -208,8 +208,8 @@ def import_sdclr_cifar_split(
 
     Roles: `D_i`, `D_b`, `S_b` of split `split_id`, `train_full` (`trainIdxList`) and `val` (`valIdxList`).
     `labels` are the 50 000 train labels in torchvision order; the manifest is derived from the data. Besides the
-    load checks, the per-class counts must be the spec's (§1): `D_i` follows the ρ = 100 profile, `D_b` and `S_b`
-    hold N_B = ⌊|D_i|/C⌋ and N_S = ⌊0.01·n_max⌋ per class, and `train_full` and `val` are balanced.
+    load checks, the per-class counts must be those of docs/math/data_and_eval.md §1: `D_i` follows the ρ = 100
+    profile, `D_b` and `S_b` hold N_B = ⌊|D_i|/C⌋ and N_S = ⌊0.01·n_max⌋ per class, and `train_full` and `val` are balanced.
     """
     if dataset not in SDCLR_CIFAR_LAYOUT:
         raise DataError(f"unknown SDCLR CIFAR data set {dataset!r}; expected cifar10 or cifar100")

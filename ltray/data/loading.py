@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from ltray.config import LIST_DATASETS, Config
-from ltray.data.sources import ArraySource, ImageListSource, load_array_pool, load_cifar
+from ltray.data.sources import ArraySource, CifarName, ImageListSource, load_array_pool, load_cifar
 from ltray.data.splits import Split, read_split
 from ltray.data.train_data import TrainData
 from ltray.errors import ConfigError, DataError
+from ltray.shipped import shipped_splits_dir
 
 if TYPE_CHECKING:
     from ltray.data.list_data import ListTrainData
@@ -21,8 +22,8 @@ IMAGE_SIZE = {"scenes-lt": 16, "digits-lt": 16, "cifar10": 32, "cifar100": 32}
 
 
 def default_splits_dir() -> Path:
-    """The `splits/` folder shipped beside the package (the repository checkout)."""
-    return Path(__file__).resolve().parents[2] / "splits"
+    """The split files shipped with ltray (`ltray/splits/`), one folder per data set."""
+    return shipped_splits_dir()
 
 
 @dataclass
@@ -88,7 +89,7 @@ def load_base_sets_and_split(cfg: Config) -> tuple[ArraySource, ArraySource, tup
     if name in ("cifar10", "cifar100"):
         if cfg.data.root is None:
             raise ConfigError(f"data.root is required for {name}: a local torchvision-format CIFAR folder")
-        train, test = load_cifar(cfg.data.root, name)
+        train, test = load_cifar(cfg.data.root, cast(CifarName, name))
         split = read_split(splits_directory(cfg), name, cfg.data.split, labels=train.labels)
         return train, test, tuple(str(c) for c in range(train.num_classes)), split
     raise ConfigError(f"data set {name} is read from image lists; array training supports {', '.join(IMAGE_SIZE)}")

@@ -1,6 +1,8 @@
 """Generate ltray's own CIFAR-10-LT and CIFAR-100-LT splits 1..5 (sdclr protocol, data_and_eval.md §1).
 
-    python -m ltray.data.make_shipped_splits --labels-dir ../shared/reference_splits/cifar_labels --out splits/
+    python -m ltray.data.make_shipped_splits --labels-dir CIFAR_LABELS_DIR --out ltray/splits/
+
+where CIFAR_LABELS_DIR holds the train labels `cifar10_train_labels.npy` and `cifar100_train_fine_labels.npy`.
 
 Only the train labels are read (int64 `.npy`, torchvision order); every selection is a seeded permutation of
 `generate_split`, not SDCLR's published files. Split k uses seed k for the class ranks and the per-class
@@ -81,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Generate ltray's CIFAR-10-LT and CIFAR-100-LT splits 1..5 from the CIFAR train labels.",
     )
     parser.add_argument("--labels-dir", type=Path, required=True, help="folder with the CIFAR train label .npy files")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (splits/)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (ltray/splits/)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing split files")
     arguments = parser.parse_args(argv)
     try:

@@ -1,6 +1,6 @@
 """Base collections that training and evaluation index into: in-memory or memory-mapped arrays, CIFAR, image lists.
 
-See specs/data_and_eval.md §2 (file formats) and colt.md §2 (the memory-mapped OOD pool).
+See docs/math/data_and_eval.md §2 (file formats) and colt.md §2 (the memory-mapped OOD pool).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -142,7 +142,10 @@ def _read_cifar_batch(path: Path, label_key: str, num_classes: int) -> tuple[np.
     return np.ascontiguousarray(images), labels.astype(np.int64)
 
 
-def load_cifar(root: str | Path, dataset: Literal["cifar10", "cifar100"]) -> tuple[ArraySource, ArraySource]:
+CifarName = Literal["cifar10", "cifar100"]
+
+
+def load_cifar(root: str | Path, dataset: CifarName) -> tuple[ArraySource, ArraySource]:
     """(train, test) of CIFAR-10/100 from a local torchvision-format folder; never downloads.
 
     `root` holds `cifar-10-batches-py/` or `cifar-100-python/`. The train set keeps torchvision's order
@@ -213,7 +216,7 @@ class ImageListSource:
             raise DataError(f"{self.name}: index {index} is out of range for {len(self)} images")
         source = self.items.sources[index] if self.items.sources is not None else ""
         root = self.source_roots[source] if source else self.root
-        return root / self.items.paths[index]
+        return root / cast(tuple[str, ...], self.items.paths)[index]  # a path list: checked in __post_init__
 
     def load(self, index: int) -> Image.Image:
         """Item `index` as an RGB PIL image; a missing or unreadable file raises DataError naming it."""
@@ -232,7 +235,9 @@ class ImageListSource:
             if not root.is_dir():
                 raise DataError(f"{self.name}: image root not found: {root}")
         count = min(sample, len(self))
-        positions = np.unique(np.linspace(0, len(self) - 1, count).round().astype(np.int64)) if count > 0 else []
+        positions: np.ndarray | list[int] = (
+            np.unique(np.linspace(0, len(self) - 1, count).round().astype(np.int64)) if count > 0 else []
+        )
         for index in positions:
             file = self.path(int(index))
             if not file.is_file():

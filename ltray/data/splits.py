@@ -1,6 +1,6 @@
 """Long-tailed splits: the profile, the split container, seeded generation, validation and ltray's split files.
 
-Specification: specs/data_and_eval.md §1 (profile, SDCLR split structure, generating splits, variants) and §2 (file
+Specification: docs/math/data_and_eval.md §1 (profile, SDCLR split structure, generating splits, variants) and §2 (file
 formats, load checks). A split of a data set is a set of item lists ("roles") of one base collection:
 
 - `D_i`: the long-tailed pre-training set; `D_b`: the balanced pre-training set; `S_b`: the few-shot probe set;
@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -54,7 +54,8 @@ RNG_DESCRIPTION = (
 def lt_profile(n_max: int, num_classes: int, imbalance: float) -> np.ndarray:
     """Per-rank counts n(r) = ⌊n_max·ρ^(−r/(C−1))⌋ for ranks r = 0..C−1, head to tail, in float64 (§1).
 
-    Reproduces the spec's tables exactly, e.g. CIFAR-10 (4500, 10, 100) → 4500 2697 1617 … 75 45 (total 11 165).
+    Reproduces the tables of docs/math/data_and_eval.md §1 exactly, e.g. CIFAR-10 (4500, 10, 100) → 4500 2697 1617 …
+    75 45 (total 11 165).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise ConfigError(f"a long-tailed profile needs at least 2 classes, got {num_classes!r}")
@@ -112,7 +113,7 @@ class ItemList:
             if self.sources is not None:
                 raise DataError("sources name image roots and need paths, not indices")
             return
-        paths = tuple(str(path) for path in self.paths)
+        paths = tuple(str(path) for path in cast(tuple[str, ...], self.paths))  # no indices, so paths (checked above)
         if len(paths) != labels.size:
             raise DataError(f"{len(paths)} item paths for {labels.size} labels")
         object.__setattr__(self, "paths", paths)
@@ -136,8 +137,9 @@ class ItemList:
         """One comparable key per item: the index, or the (source, path) pair joined by a tab."""
         if self.indices is not None:
             return self.indices
-        sources = self.sources if self.sources is not None else ("",) * len(self.paths)
-        return np.asarray([f"{source}\t{path}" for source, path in zip(sources, self.paths)], dtype=str)
+        paths = cast(tuple[str, ...], self.paths)  # no indices, so paths (`__post_init__`)
+        sources = self.sources if self.sources is not None else ("",) * len(paths)
+        return np.asarray([f"{source}\t{path}" for source, path in zip(sources, paths)], dtype=str)
 
     def is_grouped(self) -> bool:
         """Whether the items are grouped by ascending class id."""

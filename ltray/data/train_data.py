@@ -1,5 +1,5 @@
 """The run's training dataset: the long-tailed ID items (indices 0..N_id−1) plus an optional pool part
-(indices N_id + pool position), as in specs/README.md convention 1.
+(indices N_id + pool position), as in docs/math/README.md convention 1.
 
 Array-backed: every item is a uint8 HxWx3 image gathered by index from in-memory (or memory-mapped) arrays, so a
 batch is one fancy-indexing call and augmentation runs batched in the training process.

@@ -1,6 +1,6 @@
 """Long-tail metrics: per-class accuracy, Many/Medium/Few groups, Std, and the cross-run summary.
 
-Specification: specs/data_and_eval.md §3 (groups and per-run metrics) and §9 (summary across splits).
+Specification: docs/math/data_and_eval.md §3 (groups and per-run metrics) and §9 (summary across splits).
 
 Units, used everywhere in ltray:
 - accuracies (`all`, `many`, `medium`, `few`, `top1`, `top5`, per-class) are percentages in [0, 100];
@@ -17,7 +17,7 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict, cast
 
 import numpy as np
 import torch
@@ -36,6 +36,20 @@ METRIC_LABELS: dict[str, str] = {
     "top1": "top-1 (%)",
     "top5": "top-5 (%)",
 }
+
+
+class RunSummary(TypedDict):
+    """The cross-run summary of `summarize_runs`."""
+
+    n_runs: int
+    runs: list[str]
+    missing: list[str]
+    mean: dict[str, float]
+    std: dict[str, float]
+
+
+SummaryRow = tuple[str, RunSummary]
+"""(configuration name, its summary)."""
 
 
 def _as_int_array(values: np.ndarray | torch.Tensor | Sequence[int], name: str) -> np.ndarray:
@@ -209,7 +223,7 @@ def _numeric_keys(report: Mapping[str, object]) -> list[str]:
 
 def summarize_runs(
     reports: Sequence[Mapping[str, object]], expected: Sequence[str] | None = None
-) -> dict[str, object]:
+) -> RunSummary:
     """Mean and population std (ddof 0) of every figure over runs (data_and_eval.md §9).
 
     Each report is a dict of numeric metrics; with `expected`, each must also carry its run name under "run".
@@ -235,7 +249,7 @@ def summarize_runs(
         keys = _numeric_keys(report)
         if sorted(keys) != sorted(metrics):
             raise DataError(f"run {name!r} reports {sorted(keys)}, but run {names[0]!r} reports {sorted(metrics)}")
-    values = {metric: np.array([float(report[metric]) for report in reports]) for metric in metrics}  # type: ignore
+    values = {metric: np.array([float(cast(float, report[metric])) for report in reports]) for metric in metrics}
     return {
         "n_runs": len(reports),
         "runs": names,
@@ -245,28 +259,28 @@ def summarize_runs(
     }
 
 
-def summary_metrics(summary: Mapping[str, object]) -> dict[str, float]:
+def summary_metrics(summary: RunSummary) -> dict[str, float]:
     """Flatten a summary into the parent-run MLflow metrics `<metric>_mean`, `<metric>_std` and `n_runs`."""
-    flat: dict[str, float] = {"n_runs": float(summary["n_runs"])}  # type: ignore[arg-type]
-    for metric, value in summary["mean"].items():  # type: ignore[union-attr]
+    flat: dict[str, float] = {"n_runs": float(summary["n_runs"])}
+    for metric, value in summary["mean"].items():
         flat[f"{metric}_mean"] = value
-        flat[f"{metric}_std"] = summary["std"][metric]  # type: ignore[index]
+        flat[f"{metric}_std"] = summary["std"][metric]
     return flat
 
 
-def _summary_columns(rows: Sequence[tuple[str, Mapping[str, object]]]) -> list[str]:
-    present = {metric for _, summary in rows for metric in summary["mean"]}  # type: ignore[union-attr]
+def _summary_columns(rows: Sequence[SummaryRow]) -> list[str]:
+    present = {metric for _, summary in rows for metric in summary["mean"]}
     return [metric for metric in METRIC_LABELS if metric in present] + sorted(present - set(METRIC_LABELS))
 
 
-def _format_cell(metric: str, summary: Mapping[str, object]) -> str:
-    means: Mapping[str, float] = summary["mean"]  # type: ignore[assignment]
+def _format_cell(metric: str, summary: RunSummary) -> str:
+    means: Mapping[str, float] = summary["mean"]
     if metric not in means:
         return "–"
-    return f"{means[metric]:.2f} ± {summary['std'][metric]:.2f}"  # type: ignore[index]
+    return f"{means[metric]:.2f} ± {summary['std'][metric]:.2f}"
 
 
-def format_summary_table(rows: Sequence[tuple[str, Mapping[str, object]]]) -> str:
+def format_summary_table(rows: Sequence[SummaryRow]) -> str:
     """Markdown table of (configuration, summary) rows: mean ± std with 2 decimals, accuracies in %, Std and
     class-std in points of % (labelled in the header); missing runs listed in the last column."""
     if not rows:
@@ -276,12 +290,12 @@ def format_summary_table(rows: Sequence[tuple[str, Mapping[str, object]]]) -> st
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, summary in rows:
         cells = [name, str(summary["n_runs"])] + [_format_cell(metric, summary) for metric in columns]
-        cells.append(", ".join(summary["missing"]) or "–")  # type: ignore[arg-type]
+        cells.append(", ".join(summary["missing"]) or "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_summary_csv(rows: Sequence[tuple[str, Mapping[str, object]]], path: str | os.PathLike[str]) -> None:
+def write_summary_csv(rows: Sequence[SummaryRow], path: str | os.PathLike[str]) -> None:
     """Write the summaries as CSV (full precision; units as in this module's docstring), atomically."""
     if not rows:
         raise ConfigError("no rows to write")
@@ -297,12 +311,12 @@ def write_summary_csv(rows: Sequence[tuple[str, Mapping[str, object]]], path: st
                 + [f"{metric}_{stat}" for metric in columns for stat in ("mean", "std")]
             )
             for name, summary in rows:
-                means: Mapping[str, float] = summary["mean"]  # type: ignore[assignment]
-                stds: Mapping[str, float] = summary["std"]  # type: ignore[assignment]
+                means: Mapping[str, float] = summary["mean"]
+                stds: Mapping[str, float] = summary["std"]
                 values = []
                 for metric in columns:
                     values += [repr(means[metric]), repr(stds[metric])] if metric in means else ["", ""]
-                writer.writerow([name, summary["n_runs"], ";".join(summary["missing"])] + values)  # type: ignore[arg-type]
+                writer.writerow([name, summary["n_runs"], ";".join(summary["missing"])] + values)
         os.replace(handle.name, target)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)

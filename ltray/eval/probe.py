@@ -23,7 +23,7 @@ from torch import nn
 from ltray.errors import ConfigError, DataError, LtrayError, TrainingDiverged
 from ltray.eval.augment import random_crop_flip
 from ltray.eval.features import ImageArray, evaluating, extract_features, module_device, to_float_nchw
-from ltray.eval.metrics import evaluate_logits, summarize_runs, topk_accuracy
+from ltray.eval.metrics import RunSummary, evaluate_logits, summarize_runs, topk_accuracy
 from ltray.eval.shots import fixed_shot_subsets, kshot_indices
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "IN100_FEW",
     "IN100_FULL",
     "PROBE_SCHEDULES",
+    "AdamPresetName",
     "AdamProbePreset",
     "KShotResult",
     "ProbeResult",
@@ -118,6 +119,8 @@ ADAM_PRESETS: dict[str, AdamProbePreset] = {
     "gh_adam": dataclasses.replace(_BCL_ADAM, name="gh_adam"),
     "lotar_adam": AdamProbePreset("lotar_adam", lr=3e-4, weight_decay=0.0, epochs=90, batch_size=512, final_lr=None),
 }
+AdamPresetName = Literal["bcl_adam", "gh_adam", "lotar_adam"]
+"""The names of `ADAM_PRESETS`."""
 
 
 @dataclass
@@ -142,11 +145,11 @@ class KShotResult:
 
     subsets: list[np.ndarray]
     results: list[ProbeResult]
-    summary: dict[str, object]
+    summary: RunSummary
 
     @property
     def mean_report(self) -> dict[str, float]:
-        return dict(self.summary["mean"])  # type: ignore[arg-type]
+        return dict(self.summary["mean"])
 
 
 def _assert_frozen(backbone: nn.Module) -> None:
@@ -339,7 +342,7 @@ def adam_probe(
     labels_test: np.ndarray | torch.Tensor,
     num_classes: int,
     *,
-    preset: Literal["bcl_adam", "gh_adam", "lotar_adam"],
+    preset: AdamPresetName,
     epochs: int | None = None,
     seed: int,
     groups: Mapping[str, np.ndarray] | None = None,
@@ -395,7 +398,7 @@ def kshot_probe(
     k: int,
     draws: int,
     seed: int,
-    preset: Literal["bcl_adam", "gh_adam", "lotar_adam"] = "bcl_adam",
+    preset: AdamPresetName = "bcl_adam",
     epochs: int | None = None,
     groups: Mapping[str, np.ndarray] | None = None,
     device: torch.device | str | None = None,

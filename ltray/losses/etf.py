@@ -1,6 +1,6 @@
 """The fixed GH target W ∈ R^{K×d}: a simplex equiangular tight frame (Zhou et al., "Combating Representation
 Learning Disparity with Geometric Harmonization", NeurIPS 2023; the simplex ETF of Papyan et al., PNAS 2020).
-Spec: specs/gh.md §1."""
+Spec: docs/math/gh.md §1."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Focal contrastive loss: the `focal` baseline of Geometric Harmonization (Zhou et al., NeurIPS 2023),
-the focal modulation of Lin et al. (ICCV 2017) applied to NT-Xent. Spec: specs/focal_lotar.md §1."""
+the focal modulation of Lin et al. (ICCV 2017) applied to NT-Xent. Spec: docs/math/focal_lotar.md §1."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Geometric Harmonization (Zhou et al., "Combating Representation Learning Disparity with Geometric
 Harmonization", NeurIPS 2023): geometric logits, the population prior π, the GH loss, its weight ramp and the
-two-stage learning-rate schedule. Spec: specs/gh.md §2 and §4–§7."""
+two-stage learning-rate schedule. Spec: docs/math/gh.md §2 and §4–§7."""
 
 from __future__ import annotations
 

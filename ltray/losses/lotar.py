@@ -1,4 +1,4 @@
-"""LoTaR per-sample weighting by view distance (andrew15818/SimCLR, master's thesis). Spec: specs/focal_lotar.md §2."""
+"""LoTaR per-sample weighting by view distance (andrew15818/SimCLR, master's thesis). Spec: docs/math/focal_lotar.md §2."""
 
 from __future__ import annotations
 

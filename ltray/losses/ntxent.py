@@ -1,4 +1,4 @@
-"""NT-Xent (Chen et al., SimCLR, ICML 2020, eq. 1), as specified in specs/data_and_eval.md §6."""
+"""NT-Xent (Chen et al., SimCLR, ICML 2020, eq. 1), as specified in docs/math/data_and_eval.md §6."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The loss contract shared by every method (specs/README.md, convention 2)."""
+"""The loss contract shared by every method (docs/math/README.md, convention 2)."""
 
 from __future__ import annotations
 

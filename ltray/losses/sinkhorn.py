@@ -1,5 +1,5 @@
 """Sinkhorn-Knopp surrogate labels of Geometric Harmonization (Zhou et al., "Combating Representation Learning
-Disparity with Geometric Harmonization", NeurIPS 2023; Cuturi, NeurIPS 2013). Spec: specs/gh.md §3."""
+Disparity with Geometric Harmonization", NeurIPS 2023; Cuturi, NeurIPS 2013). Spec: docs/math/gh.md §3."""
 
 from __future__ import annotations
 

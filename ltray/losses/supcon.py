@@ -1,5 +1,5 @@
 """COLT's domain-level supervised contrastive term (Bai et al., ICLR 2023; the SupCon loss of Khosla et al.,
-NeurIPS 2020, eq. 2, with the ID/OOD domain as the label). Spec: specs/colt.md §6."""
+NeurIPS 2020, eq. 2, with the ID/OOD domain as the label). Spec: docs/math/colt.md §6."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """COLT instant tailness score: the top-k negative mass of an image's NT-Xent rows (Bai et al., "On the
-Effectiveness of Out-of-Distribution Data in Self-Supervised Long-Tail Learning", ICLR 2023). Spec: specs/colt.md §3."""
+Effectiveness of Out-of-Distribution Data in Self-Supervised Long-Tail Learning", ICLR 2023). Spec: docs/math/colt.md §3."""
 
 from __future__ import annotations
 

@@ -12,7 +12,10 @@ from ltray.errors import DataError
 
 if TYPE_CHECKING:
     from ltray.config import Config
+    from ltray.data.list_data import ListTrainData
+    from ltray.data.sources import ImageListSource
     from ltray.data.train_data import TrainData
+    from ltray.models.contrastive import ContrastiveModel
 
 
 @dataclass
@@ -50,10 +53,10 @@ class EpochContext:
     """
 
     epoch: int
-    model: torch.nn.Module
-    data: TrainData
+    model: ContrastiveModel
+    data: TrainData | ListTrainData
     device: torch.device
-    embed: Callable[[np.ndarray], np.ndarray]
+    embed: Callable[[np.ndarray | ImageListSource], np.ndarray]
     log_artifact: Callable[[str, str], None]
     embed_pool: Callable[[], np.ndarray | None] | None = None
 

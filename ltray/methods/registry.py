@@ -1,11 +1,11 @@
 """A small decorator registry of method components, composed by name: `sdclr+gh`, `bcl+gh`, `colt`.
 
 A method is a base (the NT-Xent or Focal loss, on the dense model or the SDCLR dense/pruned pair) plus modifiers
-(LoTaR weights, BCL augmentation, the GH term, COLT's OOD data and SupCon term), specs/README.md "Method
+(LoTaR weights, BCL augmentation, the GH term, COLT's OOD data and SupCon term), docs/math/README.md "Method
 composition". Each part is a registered `Component` class; `parse_method` checks a name and says whether the
 combination exists in the references.
 
-`mak` (specs/mak.md) is a pipeline rather than a loss part: a sweep trial of method `mak` trains a SimCLR feature
+`mak` (docs/math/mak.md) is a pipeline rather than a loss part: a sweep trial of method `mak` trains a SimCLR feature
 extractor, selects extra data from a pool with MAK and retrains SimCLR on the enlarged set
 (`ltray.cluster.trial`). Its training is exactly SimCLR's, and it combines with no other part.
 """

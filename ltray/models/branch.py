@@ -1,4 +1,4 @@
-"""Dense / pruned branch machinery for SDCLR (specs/sdclr.md §1–§3).
+"""Dense / pruned branch machinery for SDCLR (docs/math/sdclr.md §1–§3).
 
 Both branches share every conv and linear weight. They differ in two places only:
 - a `MaskedConv2d` multiplies its weight by a fixed boolean mask on the pruned branch;

@@ -1,4 +1,4 @@
-"""Backbone + projection head, with one module call per training step (specs/sdclr.md §3–§4)."""
+"""Backbone + projection head, with one module call per training step (docs/math/sdclr.md §3–§4)."""
 
 from __future__ import annotations
 

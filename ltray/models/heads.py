@@ -1,4 +1,4 @@
-"""Projection heads (specs/data_and_eval.md §5, specs/sdclr.md §1, specs/focal_lotar.md §2.4).
+"""Projection heads (docs/math/data_and_eval.md §5, docs/math/sdclr.md §1, docs/math/focal_lotar.md §2.4).
 
 - `simclr`: Linear(d→d, bias) → BN1d → ReLU → Linear(d→out, no bias) → BN1d.
 - `sdclr3`: Linear(d→d, bias) → BN → ReLU → Linear(d→d, no bias) → BN → ReLU → Linear(d→out, no bias) → BN.

@@ -1,4 +1,4 @@
-"""SDCLR's global magnitude pruning mask (specs/sdclr.md §2; Jiang et al., "Self-Damaging Contrastive Learning",
+"""SDCLR's global magnitude pruning mask (docs/math/sdclr.md §2; Jiang et al., "Self-Damaging Contrastive Learning",
 ICML 2021, §3.2).
 
 Let a be the concatenation of |w| over every prunable conv weight, n = |a|, k = ⌈p·n⌉. The threshold is the

@@ -1,4 +1,4 @@
-"""Load pre-training checkpoints released with the SDCLR, COLT and MAK code bases (specs/data_and_eval.md §10).
+"""Load pre-training checkpoints released with the SDCLR, COLT and MAK code bases (docs/math/data_and_eval.md §10).
 
 A checkpoint is a dict with `state_dict` (and usually `epoch`, `optim`). Its keys are mapped onto ltray's backbone:
 - a leading `module.` (DDP) is stripped;

@@ -1,4 +1,4 @@
-"""ResNet backbones with maskable convs and optional dual BN (specs/data_and_eval.md §5, specs/sdclr.md §1).
+"""ResNet backbones with maskable convs and optional dual BN (docs/math/data_and_eval.md §5, docs/math/sdclr.md §1).
 
 Module names follow torchvision (`conv1`, `bn1`, `layer1.0.conv2`, ...) except the shortcut, which is
 `downsample.conv` / `downsample.bn` as in the SDCLR code base, so published checkpoints map by name

@@ -1,5 +1,5 @@
 """`ltray mak sample`: MAK's offline open-world sampling end to end (Jiang et al., "Improving Contrastive Learning
-on Imbalanced Seed Data via Open-World Sampling", NeurIPS 2021; specs/mak.md §1–§9).
+on Imbalanced Seed Data via Open-World Sampling", NeurIPS 2021; docs/math/mak.md §1–§9).
 
 1. Inference passes with Ray Data (`ltray.pools.scoring`): (a) pool f and ẑ, (b) the ID training set's f,
    (c) R augmented passes over the pool (one SimCLR training view each).
@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 import torch
@@ -55,14 +55,25 @@ from ltray.pools.store import file_sha256, read_pool_arrays, read_pool_info, rea
 from ltray.select.kmeans import backend_name
 from ltray.select.mak import ecle, mak_run_name, mak_scores, mak_select, proximity
 
+if TYPE_CHECKING:
+    from ltray.data.sources import ImageListSource
+
 SCORES_FILE = "scores.npz"
 HISTOGRAMS = {"ecle": "hist_ecle.png", "distance": "hist_distance.png", "score": "hist_score.png"}
 MLFLOW_EXPERIMENT = "ltray-mak"
 
 
+class _ScoringJob(TypedDict):
+    """How a Ray Data scoring job runs (the keyword arguments of `score_pool` and `score_arrays`)."""
+
+    actors: int
+    num_cpus: float
+    num_gpus: float
+
+
 @dataclass(frozen=True)
 class MakParams:
-    """MAK's sampling parameters (specs/mak.md §8 defaults) and how the scoring job runs."""
+    """MAK's sampling parameters (docs/math/mak.md §8 defaults) and how the scoring job runs."""
 
     loss_weight: float = 0.5  # w
     core_ratio: float = 1.5
@@ -158,8 +169,10 @@ def _histogram_writer(values: np.ndarray, selected: np.ndarray, title: str) -> C
         FigureCanvasAgg(figure)
         axes = figure.add_subplot()
         bins = np.histogram_bin_edges(values, bins=50)
-        axes.hist(values, bins=bins, color="tab:gray", alpha=0.6, label=f"pool ({values.size})")
-        axes.hist(values[selected], bins=bins, color="tab:blue", alpha=0.8, label=f"selected ({int(selected.sum())})")
+        # matplotlib's stubs type `bins` as a Sequence[float], which an ndarray is not; matplotlib takes arrays
+        axes.hist(values, bins=bins, color="tab:gray", alpha=0.6, label=f"pool ({values.size})")  # type: ignore[arg-type]
+        axes.hist(values[selected], bins=bins, color="tab:blue", alpha=0.8,  # type: ignore[arg-type]
+                  label=f"selected ({int(selected.sum())})")
         axes.set_title(title)
         axes.set_ylabel("candidates")
         axes.legend(loc="upper right")
@@ -171,7 +184,7 @@ def _histogram_writer(values: np.ndarray, selected: np.ndarray, title: str) -> C
 def _scores_writer(index: np.ndarray, arrays: Mapping[str, np.ndarray]) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         with open(path, "wb") as stream:
-            np.savez(stream, pool_index=index, **arrays)
+            np.savez(stream, pool_index=index, **arrays)  # type: ignore[arg-type]
 
     return write
 
@@ -267,14 +280,15 @@ def mak_sample(
         id_shape = (run_data.image_size, run_data.image_size, 3)
         id_identity = list_sha256(id_images)
     else:
-        id_shape, id_identity = tuple(id_images.shape[1:]), images_sha256(id_images)
+        id_array = cast(np.ndarray, id_images)  # array data
+        id_shape, id_identity = tuple(id_array.shape[1:]), images_sha256(id_array)
     if id_shape != info.image_shape:
         raise DataError(
             f"pool images are {info.image_shape}, the ID images {id_shape}; import the pool with a matching --size"
         )
     cache = Path(cache_dir) if cache_dir is not None else mak_cache_dir()
     source = CheckpointModel(str(checkpoint_path), cfg.to_dict())
-    job = {"actors": actors, "num_cpus": params.num_cpus_per_actor, "num_gpus": params.num_gpus_per_actor}
+    job: _ScoringJob = {"actors": actors, "num_cpus": params.num_cpus_per_actor, "num_gpus": params.num_gpus_per_actor}
     pool_spec = ScoringSpec(True, passes, cfg.run.seed, cfg.data.aug_preset, params.scoring_batch)
     id_spec = ScoringSpec(True, 0, cfg.run.seed, cfg.data.aug_preset, params.scoring_batch)
     pool_key = cache_key({"checkpoint": checkpoint_sha, "pool": info.content_sha256, "spec": asdict(pool_spec)})
@@ -283,6 +297,7 @@ def mak_sample(
     # pass (b) on an image list runs here through the list loader (inference transform), whatever the mode
     model = load_scoring_model(source, select_device(cfg.run.device)) if in_process or run_data.is_list else None
     if in_process:
+        assert model is not None
         # the same computation as the Ray Data job, row for row (`embed_pool`), in this process
         _say(f"pass (a)+(c) in this process: pool {info.path} ({info.size} items), R = {passes}")
         pool_scores = embed_pool(model, read_pool_arrays(info.path, verify=False).images, pool_spec)
@@ -298,19 +313,21 @@ def mak_sample(
                 _say(f"pass (b): ID training set ({len(id_images)} images)")
                 id_scores = _cached_scores(
                     cache / "scores" / id_key,
-                    lambda: score_arrays(id_images, source, id_spec, cache / "scores" / id_key, **job),
+                    lambda: score_arrays(cast(np.ndarray, id_images), source, id_spec, cache / "scores" / id_key, **job),
                     len(id_images), 0,
                 )
     if run_data.is_list:
         from ltray.data.list_data import source_features
 
         _say(f"pass (b) in this process: ID training list ({len(id_images)} images)")
-        features = source_features(model.backbone, id_images, image_size=run_data.image_size,
+        assert model is not None
+        features = source_features(model.backbone, cast("ImageListSource", id_images), image_size=run_data.image_size,
                                    workers=cfg.data.loader_workers)
         id_scores = PoolScores(index=np.arange(len(id_images), dtype=np.int64), features=features.numpy())
     elif in_process:
         _say(f"pass (b) in this process: ID training set ({len(id_images)} images)")
-        id_scores = embed_pool(model, id_images, id_spec)
+        assert model is not None
+        id_scores = embed_pool(model, cast(np.ndarray, id_images), id_spec)
     assert pool_scores.features is not None and id_scores.features is not None
 
     device = select_device(cfg.run.device)
@@ -325,7 +342,8 @@ def mak_sample(
     distance_record = {"pool": pool_key, "id": id_key, "K_p": params.clusters, "seed": params.kmeans_seed}
     distance = _cached_vector(
         cache / "distance" / f"{cache_key(distance_record)}.npy",
-        lambda: proximity(id_scores.features, pool_scores.features, params.clusters, params.kmeans_seed),
+        lambda: proximity(cast(np.ndarray, id_scores.features), cast(np.ndarray, pool_scores.features),  # asserted
+                          params.clusters, params.kmeans_seed),
     )
     _say("score, core set and K-center greedy")
     positions = mak_select(ecle_values, distance, pool_scores.features, id_scores.features, budget,

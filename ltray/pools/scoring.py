@@ -1,4 +1,4 @@
-"""Embedding images for MAK's inference passes (specs/mak.md §1 step 2, §2) and COLT's pool scoring (colt.md §2):
+"""Embedding images for MAK's inference passes (docs/math/mak.md §1 step 2, §2) and COLT's pool scoring (colt.md §2):
 a Ray Data batch-inference job over a pool (`score_pool`, `score_arrays`) and the same computation as a plain loop
 (`embed_pool`) for use inside a training worker.
 
@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -301,7 +301,7 @@ class ScoringActor:
         device = torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
         self.model = load_scoring_model(source, device)
         self.spec = spec
-        self.image_shape = tuple(image_shape)
+        self.image_shape = cast(tuple[int, int, int], tuple(image_shape))
         self.views = SimCLRViews(int(image_shape[0]), preset=spec.aug_preset) if spec.aug_passes else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -391,7 +391,7 @@ def read_scores(
     folder: str | Path, expected_size: int | None = None, expected_passes: int | None = None
 ) -> tuple[PoolScores, dict[str, Any]]:
     """Read a scoring job's output: rows sorted by index, first occurrence kept, every column covering the same
-    index set (exactly 0..expected_size − 1 when given) via `merge_passes` (specs/mak.md §2). The number of
+    index set (exactly 0..expected_size − 1 when given) via `merge_passes` (docs/math/mak.md §2). The number of
     augmented passes comes from the stored metadata; a different `expected_passes` is an explicit error.
     Returns (scores, metadata)."""
     folder = Path(folder)
@@ -422,7 +422,8 @@ def read_scores(
     raw_index = table.column(INDEX).to_numpy()
     passes = [(raw_index, _vector_values(table.column(name))) for name in spec.columns]
     index, values = merge_passes(passes, expected_size=expected_size)
-    return _scores_from_columns(index, dict(zip(spec.columns, values)), spec), manifest
+    arrays = cast(list[np.ndarray], values)  # merged from numpy passes, so numpy
+    return _scores_from_columns(index, dict(zip(spec.columns, arrays)), spec), manifest
 
 
 def score_pool(

@@ -1,4 +1,4 @@
-"""MAK selections on disk (specs/mak.md §7): the folder `ltray mak sample` writes and `data.extra_data` reads.
+"""MAK selections on disk (docs/math/mak.md §7): the folder `ltray mak sample` writes and `data.extra_data` reads.
 
 A selection folder holds
 - `selection.json`: the manifest: format marker, the reference-style run name, the pool folder and its content
@@ -9,7 +9,7 @@ A selection folder holds
   (`path label [source]`);
 - `scores.npz` and histogram PNGs (diagnostics).
 
-For retraining, pool position j becomes dataset index N_id + j with label −1 (specs/README.md convention 1).
+For retraining, pool position j becomes dataset index N_id + j with label −1 (docs/math/README.md convention 1).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def selection_table(
 
 
 def selected_list(positions: np.ndarray, labels: np.ndarray, paths: Sequence[str], sources: Sequence[str]) -> str:
-    """The selected candidate lines in the input list format `path label [source]` (specs/mak.md §7)."""
+    """The selected candidate lines in the input list format `path label [source]` (docs/math/mak.md §7)."""
     lines = []
     for position in positions.tolist():
         label = int(labels[position])

@@ -1,4 +1,4 @@
-"""COLT's pool embedding at a resample, spread over the training workers (specs/colt.md §2, §4).
+"""COLT's pool embedding at a resample, spread over the training workers (docs/math/colt.md §2, §4).
 
 The whole pool is embedded at every resample with the current weights (eval mode, inference transform, L2-normalised
 head output, as `ltray.train.loop.embed_images`), and the selection runs once, on rank 0. Where the embedding runs:

@@ -1,4 +1,4 @@
-"""Unlabeled image pools stored as Parquet shards (COLT's OOD pool, specs/colt.md §2; MAK's candidates, mak.md §1).
+"""Unlabeled image pools stored as Parquet shards (COLT's OOD pool, docs/math/colt.md §2; MAK's candidates, mak.md §1).
 
 A pool is a folder holding `shard-NNNNN.parquet` files and `pool.json`, written last:
 
@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -397,8 +397,8 @@ def read_pool_info(path: str | Path) -> PoolInfo:
         shards = tuple(
             ShardInfo(str(s["file"]), int(s["first_index"]), int(s["rows"]), str(s["sha256"])) for s in manifest["shards"]
         )
-        info = PoolInfo(folder, int(manifest["size"]), shape, dict(manifest["source"]), shards,
-                        str(manifest["content_sha256"]))
+        info = PoolInfo(folder, int(manifest["size"]), cast(tuple[int, int, int], shape),  # length checked below
+                        dict(manifest["source"]), shards, str(manifest["content_sha256"]))
     except DataError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as error:

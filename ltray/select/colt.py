@@ -1,5 +1,5 @@
 """COLT selection math (Bai et al., "On the Effectiveness of Out-of-Distribution Data in Self-Supervised Long-Tail
-Learning", ICLR 2023): the resampling schedule (specs/colt.md §1), the cluster-budgeted pick of OOD pool items
+Learning", ICLR 2023): the resampling schedule (docs/math/colt.md §1), the cluster-budgeted pick of OOD pool items
 (§4) and the length of the learning-rate schedule (§7). Epochs are 1-based here.
 """
 
@@ -18,7 +18,7 @@ from ltray.select.kmeans import as_numpy, kmeans, l2_normalise
 
 @dataclass
 class ColtSelection:
-    """The outcome of one COLT resample (specs/colt.md §4).
+    """The outcome of one COLT resample (docs/math/colt.md §4).
 
     picks: pool positions j (int64 [K]), concatenated in cluster order; their dataset indices are N_id + j.
     budgets: b_c per cluster (int64 [C], summing to K).
@@ -34,7 +34,7 @@ class ColtSelection:
     backend: str
 
     def dataset_indices(self, n_id: int) -> np.ndarray:
-        """The picks as dataset indices N_id + j (specs/README.md, convention 1)."""
+        """The picks as dataset indices N_id + j (docs/math/README.md, convention 1)."""
         return self.picks + n_id
 
 
@@ -53,7 +53,7 @@ def _check_budget(budget: int, pool_size: int) -> None:
 
 
 def validate_colt_config(warmup: int, interval: int, budget: int, pool_size: int) -> None:
-    """Configuration checks of specs/colt.md §1: warmup ≥ 0, interval ≥ 1, 1 ≤ K ≤ pool size."""
+    """Configuration checks of docs/math/colt.md §1: warmup ≥ 0, interval ≥ 1, 1 ≤ K ≤ pool size."""
     _check_schedule(warmup, interval)
     _check_budget(budget, pool_size)
 
@@ -65,7 +65,7 @@ def is_resample_epoch(epoch: int, warmup: int, interval: int) -> bool:
 
 
 def cluster_budgets(cluster_scores_mean: np.ndarray, budget: int, temperature: float = 1.0) -> np.ndarray:
-    """Per-cluster budgets b_c (specs/colt.md §4 steps 3–5).
+    """Per-cluster budgets b_c (docs/math/colt.md §4 steps 3–5).
 
     z_c = −(m_c − mean(m)) / std(m) with the unbiased std (z ≡ 0 when all m_c are equal), q = softmax(z / τ_c),
     b_c = trunc(q_c·K) for c < C − 1 and the last cluster absorbs the remainder, so Σ b_c = K exactly.
@@ -94,7 +94,7 @@ def cluster_budgets(cluster_scores_mean: np.ndarray, budget: int, temperature: f
 def greedy_nearest_unused(
     pool_emb: np.ndarray | torch.Tensor, centres: np.ndarray | torch.Tensor, budgets: np.ndarray
 ) -> np.ndarray:
-    """Cluster-ordered nearest-unused picking (specs/colt.md §4 steps 6–8).
+    """Cluster-ordered nearest-unused picking (docs/math/colt.md §4 steps 6–8).
 
     pool_emb: [M, d] L2-normalised pool embeddings (NumPy or a tensor on any device; the work runs there).
     centres: [C, d] k-means centres, renormalised here. budgets: [C] non-negative ints summing to K ≤ M.
@@ -141,7 +141,7 @@ def colt_select(
     random_state: int = 0,
     clusters: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ColtSelection:
-    """One COLT resample (specs/colt.md §4).
+    """One COLT resample (docs/math/colt.md §4).
 
     id_emb: [N_id, d] ID embeddings; id_scores: the tailness S [N_id]; pool_emb: [M, d] pool embeddings (a tensor
     keeps the work on its device). Both embeddings are L2-normalised here (a no-op for normalised input). k-means
@@ -185,7 +185,7 @@ def colt_lr_total(
     n_id: int | None = None,
     world_size: int = 1,
 ) -> int:
-    """Total iterations T of the warm-up + cosine schedule with COLT (specs/colt.md §7).
+    """Total iterations T of the warm-up + cosine schedule with COLT (docs/math/colt.md §7).
 
     Reference formula (default): T = warmup·L_id + (epochs − warmup)·(L_id + ⌊K/b⌋ + 1).
     exact=True counts the real mixed-phase loader length per epoch instead: ⌈⌈(N_id + K)/world_size⌉ / b⌉, which is

@@ -1,5 +1,5 @@
 """K-center greedy (farthest-first in cosine space) for MAK's diversity step (Jiang et al., "Improving Contrastive
-Learning on Imbalanced Seed Data via Open-World Sampling", NeurIPS 2021; specs/mak.md §6).
+Learning on Imbalanced Seed Data via Open-World Sampling", NeurIPS 2021; docs/math/mak.md §6).
 
 Every round picks j* = argmin_j μ_j, where μ_j is the largest similarity of pool item j to the start set and the
 items selected so far; ties go to the lowest pool position. All dot products are float32.
@@ -47,7 +47,7 @@ def max_similarity(pool: torch.Tensor, start: torch.Tensor, block_size: int) -> 
 def kcenter_greedy(
     pool: np.ndarray | torch.Tensor, start: np.ndarray | torch.Tensor, budget: int, block_size: int = 4096
 ) -> np.ndarray:
-    """Incremental K-center greedy (specs/mak.md §6, scalable implementation).
+    """Incremental K-center greedy (docs/math/mak.md §6, scalable implementation).
 
     pool: [M, d] L2-normalised features (the work runs on their device); start: [S, d] L2-normalised start set S₀
     (S may be 0). μ starts as the max similarity to S₀ (blocked matmuls); each of `budget` rounds picks

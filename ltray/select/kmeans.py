@@ -1,4 +1,4 @@
-"""Euclidean k-means for the selection steps of COLT (specs/colt.md §4 step 1) and MAK (specs/mak.md §4 step 2).
+"""Euclidean k-means for the selection steps of COLT (docs/math/colt.md §4 step 1) and MAK (docs/math/mak.md §4 step 2).
 
 Both references call scikit-learn `KMeans(n_clusters, random_state=0)` from the era when `n_init` defaulted to 10;
 ltray pins `n_init` explicitly and reports the backend so that it can be logged.

@@ -1,5 +1,5 @@
 """MAK selection math (Jiang et al., "Improving Contrastive Learning on Imbalanced Seed Data via Open-World
-Sampling", NeurIPS 2021): pass merging (specs/mak.md §2), ECLE tailness (§3), proximity (§4), score and core set
+Sampling", NeurIPS 2021): pass merging (docs/math/mak.md §2), ECLE tailness (§3), proximity (§4), score and core set
 (§5), K-center diversity (§6) and the run-name template (§7).
 """
 
@@ -54,7 +54,7 @@ def _dedupe_pass(number: int, index: ArrayLike, values: ArrayLike) -> tuple[np.n
 def merge_passes(
     passes: Sequence[tuple[ArrayLike, ArrayLike]], expected_size: int | None = None
 ) -> tuple[np.ndarray, list[ArrayLike]]:
-    """Merge inference passes keyed by candidate index (specs/mak.md §2).
+    """Merge inference passes keyed by candidate index (docs/math/mak.md §2).
 
     Each pass is (index [n], values [n, ...]); rows are sorted by index and only the first occurrence of a repeated
     index (distributed padding) is kept. Every pass must cover the same index set, and, when `expected_size` is
@@ -73,7 +73,7 @@ def merge_passes(
 
 
 def regrouping_batches(permutation: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut one permutation π of M candidates into ECLE batches (specs/mak.md §3 step 1).
+    """Cut one permutation π of M candidates into ECLE batches (docs/math/mak.md §3 step 1).
 
     With B = min(batch_size, M) and n_b = ⌈M/B⌉, batch β < n_b − 1 is π[βB, (β+1)B) and the last one is π[M − B, M).
     Returns (candidate indices [n_b, B], keep mask [n_b, B]); in the last batch only entries at permutation
@@ -102,7 +102,7 @@ def ecle(
     seed: int = 0,
     max_logits_per_chunk: int = 2**25,
 ) -> np.ndarray:
-    """ECLE_n, the empirical contrastive loss expectation (specs/mak.md §3).
+    """ECLE_n, the empirical contrastive loss expectation (docs/math/mak.md §3).
 
     aug_embeddings: R ≥ 2 passes Z⁽ʳ⁾ [M, d] of head outputs under the training augmentation (normalised inside the
     loss). For every pair a < b in order (0,1), (0,2), …, and each of the Q = `regroupings` consecutive permutations
@@ -146,7 +146,7 @@ def ecle(
 def proximity(
     id_features: ArrayLike, cand_features: ArrayLike, n_clusters: int = 10, random_state: int = 0
 ) -> np.ndarray:
-    """d_n = 1 − max_k f̂_n·ĉ_k, the cosine distance of each candidate to its nearest ID centroid (specs/mak.md §4).
+    """d_n = 1 − max_k f̂_n·ĉ_k, the cosine distance of each candidate to its nearest ID centroid (docs/math/mak.md §4).
 
     The ID backbone features are L2-normalised and clustered by k-means (n_init 10, `random_state`); the centres are
     renormalised; candidates are L2-normalised in row blocks. Returns float32 [M].
@@ -171,7 +171,7 @@ def _standardise(values: np.ndarray) -> np.ndarray:
 
 
 def mak_scores(ecle_values: ArrayLike, distance: ArrayLike, loss_weight: float = 0.5) -> np.ndarray:
-    """score_n = w·L̂_n − (1 − w)·D̂_n with population-std standardisation, 0 where a std is 0 (specs/mak.md §5)."""
+    """score_n = w·L̂_n − (1 − w)·D̂_n with population-std standardisation, 0 where a std is 0 (docs/math/mak.md §5)."""
     losses = as_numpy(ecle_values).astype(np.float64).reshape(-1)
     distances = as_numpy(distance).astype(np.float64).reshape(-1)
     if losses.shape != distances.shape:
@@ -183,7 +183,7 @@ def mak_scores(ecle_values: ArrayLike, distance: ArrayLike, loss_weight: float =
 
 def core_set(scores: ArrayLike, budget: int, core_ratio: float = 1.5) -> np.ndarray:
     """The M_core = min(int(core_ratio·budget), M) highest-scoring candidates, in ascending score order: the last
-    M_core entries of a stable ascending sort, so ties follow the candidate index (specs/mak.md §5 step 3).
+    M_core entries of a stable ascending sort, so ties follow the candidate index (docs/math/mak.md §5 step 3).
     """
     values = as_numpy(scores).reshape(-1)
     if budget < 1:
@@ -204,7 +204,7 @@ def mak_select(
     loss_weight: float = 0.5,
     core_ratio: float = 1.5,
 ) -> np.ndarray:
-    """The MAK selection (specs/mak.md §5–§6): score, core set, then K-center greedy when the core set exceeds the
+    """The MAK selection (docs/math/mak.md §5–§6): score, core set, then K-center greedy when the core set exceeds the
     budget, started from all ID backbone features. Returns candidate indices (int64) in output order.
     """
     scores = mak_scores(ecle_values, distance, loss_weight)

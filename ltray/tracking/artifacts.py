@@ -22,7 +22,7 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
 from ltray.cluster.summary import sweep_markdown, sweep_title
 from ltray.errors import DataError, LtrayError
-from ltray.eval.metrics import GROUP_NAMES, summarize_runs, summary_metrics, write_summary_csv
+from ltray.eval.metrics import GROUP_NAMES, RunSummary, SummaryRow, summarize_runs, summary_metrics, write_summary_csv
 from ltray.tracking.runs import (
     ROLE_PARENT,
     TAG_CONFIG_KEY,
@@ -34,7 +34,6 @@ from ltray.tracking.runs import (
 )
 from ltray.tracking.store import check_tracking_reachable, sqlite_path
 
-SummaryRow = tuple[str, Mapping[str, object]]
 PER_CLASS_CSV = "per_class.csv"
 PER_CLASS_PNG = "per_class.png"
 SUMMARY_MD = "summary.md"
@@ -219,7 +218,7 @@ def _all_experiment_ids(client: MlflowClient) -> list[str]:
             return ids
 
 
-def _empty_summary(missing: list[str]) -> dict[str, object]:
+def _empty_summary(missing: list[str]) -> RunSummary:
     return {"n_runs": 0, "runs": [], "missing": missing, "mean": {}, "std": {}}
 
 

@@ -67,10 +67,12 @@ def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 def git_commit(repo_dir: Path | None = None) -> str:
     """`$LTRAY_GIT_COMMIT` when set (an installed copy without `.git`, e.g. the cluster image built with
     `--build-arg LTRAY_GIT_COMMIT=$(git rev-parse HEAD)`), else `git rev-parse HEAD` of `repo_dir` (default: the
-    ltray source tree), or "unknown"."""
+    ltray checkout this package runs from; an installed wheel has none), or "unknown"."""
     if os.environ.get(GIT_COMMIT_ENV):
         return os.environ[GIT_COMMIT_ENV]
     directory = Path(repo_dir) if repo_dir is not None else Path(__file__).resolve().parents[2]
+    if repo_dir is None and not (directory / ".git").exists():
+        return "unknown"  # not a checkout: a git repository around site-packages is not ltray's
     try:
         result = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=10, check=False

@@ -8,7 +8,7 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -26,7 +26,8 @@ def checkpoint_name(epoch: int) -> str:
 
 def rng_state() -> dict[str, Any]:
     """Python, NumPy and torch RNG states as plain tensors and tuples (loadable with weights_only=True)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    # the legacy tuple, get_state's default (numpy's stubs give the legacy=False dict to a call without arguments)
+    kind, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
@@ -51,7 +52,7 @@ def gather_rng_states() -> list[dict[str, Any]] | None:
     """Every rank's `rng_state()`, indexed by rank, on rank 0 (None on the other ranks); a collective call.
 
     A checkpoint holds all of them, so that a resumed distributed run gives each rank back its own stream
-    (specs/README.md convention 6: seed + rank).
+    (docs/math/README.md convention 6: seed + rank).
     """
     if not dist_utils.is_distributed():
         return [rng_state()]

@@ -1,6 +1,8 @@
-"""Distributed helpers (specs/README.md, convention 4). All are no-ops in a single process."""
+"""Distributed helpers (docs/math/README.md, convention 4). All are no-ops in a single process."""
 
 from __future__ import annotations
+
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -27,13 +29,13 @@ class _GatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
         parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts, dim=0)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         local = grad.shape[0] // dist.get_world_size()
         start = dist.get_rank() * local
         return grad[start : start + local]
@@ -71,14 +73,14 @@ class _AllReduceSum(torch.autograd.Function):
     """Sum over ranks whose backward sums the incoming gradients over ranks too (every rank's output is the sum)."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor, group) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, tensor: torch.Tensor, group) -> torch.Tensor:
         ctx.group = group
         total = tensor.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(total, group=group)
         return total
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         total = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(total, group=ctx.group)
         return total, None
@@ -112,12 +114,15 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         mean = sums[:-1] / count
         centred = x - mean.view(shape)
         var = _AllReduceSum.apply(centred.pow(2).sum(dims), group) / count
-        if self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        if self.track_running_stats:  # then the three buffers exist
+            num_batches_tracked = cast(torch.Tensor, self.num_batches_tracked)
+            running_mean = cast(torch.Tensor, self.running_mean)
+            running_var = cast(torch.Tensor, self.running_var)
+            num_batches_tracked.add_(1)
+            factor = self.momentum if self.momentum is not None else 1.0 / float(num_batches_tracked)
             with torch.no_grad():
-                self.running_mean.mul_(1.0 - factor).add_(mean.detach(), alpha=factor)
-                self.running_var.mul_(1.0 - factor).add_(var.detach() * (count / (count - 1)), alpha=factor)
+                running_mean.mul_(1.0 - factor).add_(mean.detach(), alpha=factor)
+                running_var.mul_(1.0 - factor).add_(var.detach() * (count / (count - 1)), alpha=factor)
         out = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, cast
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from ltray.augment.batched import SimCLRViews
 from ltray.config import Config, config_from_dict
 from ltray.data.list_data import ListViewLoader
 from ltray.data.loading import RunData, load_run_data
+from ltray.data.train_data import TrainData
 from ltray.errors import CheckpointError, ConfigError, TrainingDiverged
 from ltray.losses.gh import gh_two_stage_lr
 from ltray.methods.base import EpochContext, Step
@@ -99,7 +100,7 @@ def iterations_per_epoch(num_items: int, local_batch: int) -> int:
 def total_iterations(cfg: Config, method: Method, num_id: int, local_batch: int, num_items: int | None = None) -> int:
     """T for the per-iteration schedule: E·⌈N/B⌉ over the whole training set of `num_items` (default `num_id`;
     MAK's retraining adds its fixed selection, data_and_eval.md §7), except that COLT's length accounts for its
-    OOD phase (specs/colt.md §7)."""
+    OOD phase (docs/math/colt.md §7)."""
     id_len = iterations_per_epoch(num_id, local_batch)
     if method.spec.has("colt"):
         from ltray.select.colt import colt_lr_total
@@ -116,7 +117,8 @@ def _wrap_distributed(model: ContrastiveModel, cfg: Config, device: torch.device
     if not dist_utils.is_distributed():
         return model
     if cfg.model.sync_bn:
-        model = dist_utils.convert_sync_batchnorm(model, device)
+        # the root is no BatchNorm, so the same model comes back
+        model = cast(ContrastiveModel, dist_utils.convert_sync_batchnorm(model, device))
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
 
@@ -283,8 +285,9 @@ class Pretrainer:
 
     def _batches(self) -> list[np.ndarray]:
         members = self.train_data.members()
-        sampler = DistributedSampler(
-            range(len(members)), num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.cfg.run.seed,
+        sampler: DistributedSampler[int] = DistributedSampler(
+            range(len(members)),  # type: ignore[arg-type]  # torch types a Dataset; the sampler only takes its len
+            num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.cfg.run.seed,
             drop_last=False,
         )
         sampler.set_epoch(self.epoch)
@@ -297,7 +300,8 @@ class Pretrainer:
             v1, v2 = self.list_views.views_of(index, self.epoch)
             return v1.to(self.device), v2.to(self.device)
         assert self.views is not None
-        images = torch.from_numpy(self.train_data.images(index)).to(self.device, non_blocking=True)
+        train_data = cast(TrainData, self.train_data)  # array data: no list views
+        images = torch.from_numpy(train_data.images(index)).to(self.device, non_blocking=True)
         return self.views(images, index_t, self.epoch, self.cfg.run.seed)
 
     def train_step(self, index: np.ndarray, views: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:

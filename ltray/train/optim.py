@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules (specs/data_and_eval.md §7, specs/gh.md §7)."""
+"""Optimisers and learning-rate schedules (docs/math/data_and_eval.md §7, docs/math/gh.md §7)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 
 class LARS(torch.optim.Optimizer):
-    """LARS (You et al., 2017) as in specs/data_and_eval.md §7, on all parameters.
+    """LARS (You et al., 2017) as in docs/math/data_and_eval.md §7, on all parameters.
 
     Per tensor: λ = η‖w‖/(‖g‖ + wd‖w‖) (λ = 1 when ‖w‖ or ‖g‖ < 1e-15); v ← m·v + λ·lr·(g + wd·w); w ← w − v.
     """
@@ -20,7 +20,7 @@ class LARS(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta))
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             lr, momentum, wd, eta = group["lr"], group["momentum"], group["weight_decay"], group["eta"]
@@ -53,7 +53,7 @@ def build_optimizer(params: Iterable[torch.Tensor], name: str, lr: float, moment
 
 
 def warmup_cosine_factor(i: int, warmup_iters: int, total_iters: int, lr: float, min_lr: float = 1e-6) -> float:
-    """f(i) of specs/data_and_eval.md §7: i/W for i < W, else m + (1 − m)·½(1 + cos(π(i − W)/(T − W))), m = min_lr/lr."""
+    """f(i) of docs/math/data_and_eval.md §7: i/W for i < W, else m + (1 − m)·½(1 + cos(π(i − W)/(T − W))), m = min_lr/lr."""
     m = min_lr / lr
     if i < warmup_iters:
         return i / warmup_iters

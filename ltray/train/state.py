@@ -1,4 +1,4 @@
-"""Per-index state (specs/README.md, convention 3): a float buffer keyed by dataset index."""
+"""Per-index state (docs/math/README.md, convention 3): a float buffer keyed by dataset index."""
 
 from __future__ import annotations
 

@@ -164,7 +164,7 @@ def _write_tiny_sweep(folder: Path, *, splits: tuple[int, ...] = (1, 2), epochs:
     path.write_text(
         f"""name: tiny
 experiment: ltray-tests
-base: {ROOT / 'experiments' / 'configs' / 'digits_tiny.yaml'}
+base: {ROOT / 'ltray' / 'configs' / 'digits_tiny.yaml'}
 overrides:
   optim.epochs: {epochs}
   optim.batch_size: 64

@@ -1,4 +1,4 @@
-"""COLT's pool embedding spread over workers (specs/colt.md §2, §4; ltray.pools.shard_embed): rows embedded in
+"""COLT's pool embedding spread over workers (docs/math/colt.md §2, §4; ltray.pools.shard_embed): rows embedded in
 batches fixed by pool index have the same bits whichever rows share their batch, the gather by index keeps every
 index exactly once, and a 2-worker Ray Train run that embeds its Ray Data shards picks what one process picks from
 the same model state."""
@@ -93,7 +93,7 @@ def test_two_ddp_ranks_embed_alternate_batches_and_rank_zero_gets_them_all(tmp_p
 
 
 def _colt_config(tmp_path: Path, pool_path: Path, name: str):
-    return load_config(ROOT / "experiments" / "configs" / "digits_tiny.yaml", {
+    return load_config(ROOT / "ltray" / "configs" / "digits_tiny.yaml", {
         "method.name": "colt", "method.colt.pool": "random300k", "method.colt.pool_path": str(pool_path),
         "method.colt.warmup": 1, "method.colt.interval": 1, "method.colt.budget": 16, "method.colt.clusters": 3,
         "method.colt.topk": 3, "optim.epochs": 2, "optim.batch_size": 64, "run.checkpoint_every": 1,

@@ -32,7 +32,7 @@ def run_script(script: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_colt_resamples_follow_the_schedule() -> None:
-    # specs/colt.md §1: with warm-up 100 and interval 25 over 2000 epochs, epochs 101, 126, ..., 1976
+    # docs/math/colt.md §1: with warm-up 100 and interval 25 over 2000 epochs, epochs 101, 126, ..., 1976
     assert colt_resamples(2000, 100, 25) == len(range(101, 1977, 25)) == 76
     assert colt_resamples(100, 100, 25) == 0
     assert colt_resamples(101, 100, 25) == 1
@@ -49,7 +49,7 @@ def test_train_set_size_from_manifest_and_from_the_spec(tmp_path: Path) -> None:
     assert train_set_size(shipped)[0] == 9754
     balanced = load_config(None, {"data.dataset": "cifar10", "data.subset": "D_b", "data.splits_dir": str(tmp_path)})
     size, source = train_set_size(balanced)
-    assert size == 11160 and "specs/data_and_eval.md" in source
+    assert size == 11160 and "docs/math/data_and_eval.md" in source
     listed = tmp_path / "train.txt"
     listed.write_text("a.jpg 0\nb.jpg 1\n\n")
     lists = load_config(None, {"data.dataset": "places-lt", "data.root": str(tmp_path),
@@ -100,7 +100,7 @@ def test_every_sweep_script_dry_runs_its_default(script: str) -> None:
 def test_paper_dry_run_without_data_starts_neither_ray_nor_mlflow() -> None:
     code = (
         "import runpy, sys\n"
-        "sys.argv = ['sweep_colt.py', '--config', 'experiments/configs/paper/cifar100_colt.yaml', '--data-root',"
+        "sys.argv = ['sweep_colt.py', '--config', 'ltray/configs/paper/cifar100_colt.yaml', '--data-root',"
         " '/nonexistent/cifar', '--pool-path', '/nonexistent/300K.npy', '--dry-run', '--cluster-gpus', '8']\n"
         "try:\n"
         "    runpy.run_path('experiments/sweep_colt.py', run_name='__main__')\n"

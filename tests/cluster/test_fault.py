@@ -34,7 +34,7 @@ def _worker_pids() -> list[int]:
 @pytest.mark.slow
 def test_killed_worker_resumes_same_run_every_epoch_once(connected, mlflow_server, tmp_path, experiment_name):
     cfg = load_config(
-        ROOT / "experiments" / "configs" / "digits_tiny.yaml",
+        ROOT / "ltray" / "configs" / "digits_tiny.yaml",
         {"optim.epochs": EPOCHS, "optim.batch_size": 64, "run.checkpoint_every": 2, "run.name": "fault"},
     )
     tracking = SweepTracking(mlflow_server.tracking_uri, experiment_name)

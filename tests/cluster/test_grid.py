@@ -177,7 +177,7 @@ def test_bad_sweep_yaml_is_one_config_error(tmp_path, text, message):
 @pytest.mark.parametrize("name", ["sweep_colt", "sweep_sdclr", "sweep_gh", "sweep_colt_cifar100",
                                   "sweep_colt_cifar10"])
 def test_shipped_sweep_configs_expand(name):
-    spec = load_sweep_spec(ROOT / "experiments" / "configs" / f"{name}.yaml")
+    spec = load_sweep_spec(ROOT / "ltray" / "configs" / f"{name}.yaml")
     trials = expand_trials(spec)
     assert len({t.name for t in trials}) == len(trials) >= 2
     assert {t.config["data"]["split"] for t in trials} >= {1, 2}

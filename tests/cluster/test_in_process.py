@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(epochs: int):
-    return load_config(ROOT / "experiments" / "configs" / "digits_tiny.yaml", {
+    return load_config(ROOT / "ltray" / "configs" / "digits_tiny.yaml", {
         "optim.epochs": epochs, "optim.batch_size": 64, "optim.warmup_epochs": 1, "run.checkpoint_every": 1,
     })
 

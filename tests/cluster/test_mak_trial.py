@@ -1,4 +1,4 @@
-"""MAK as a sweep method (specs/mak.md §1): config validation, grid key dropping, the pool import race, and one
+"""MAK as a sweep method (docs/math/mak.md §1): config validation, grid key dropping, the pool import race, and one
 real sweep with `method.name: [mak]` on digits-lt (real Ray, sqlite MLflow store): the extractor, the selection,
 the retraining on LT ∪ selection, the evaluation and the MLflow records; then a resume that redoes nothing."""
 
@@ -106,7 +106,7 @@ def _write_sweep(folder: Path, epochs: int) -> Path:
     path.write_text(
         f"""name: mak_tiny
 experiment: ltray-tests
-base: {ROOT / 'experiments' / 'configs' / 'digits_tiny.yaml'}
+base: {ROOT / 'ltray' / 'configs' / 'digits_tiny.yaml'}
 overrides:
   optim.epochs: {epochs}
   optim.batch_size: 64

@@ -182,7 +182,7 @@ def test_sqlite_store_is_refused_on_a_cluster(two_nodes):
 def test_data_only_on_the_driver_is_refused(two_nodes):
     local_splits = two_nodes.driver_dir / "my_splits"
     if not local_splits.exists():
-        shutil.copytree(ROOT / "splits" / "scenes-lt", local_splits)
+        shutil.copytree(ROOT / "ltray" / "splits" / "scenes-lt", local_splits)
     done, seconds = _sweep(two_nodes, "localdata", "--set", f"data.splits_dir={local_splits}",
                            "--mlflow-uri", two_nodes.tracking_uri, "--storage", str(two_nodes.shared / "storage"))
     _assert_refused(done, seconds, "node 10.231.7.2", "data.splits_dir", str(local_splits))

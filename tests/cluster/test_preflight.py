@@ -15,17 +15,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_data_paths_lists_every_named_path_once():
-    cfg = load_config(ROOT / "experiments" / "configs" / "embedded_simclr.yaml",
+    cfg = load_config(ROOT / "ltray" / "configs" / "embedded_simclr.yaml",
                       {"data.splits_dir": "/data/splits", "data.extra_data": "/data/extra",
                        "method.name": "colt", "method.colt.pool": "random300k", "method.colt.pool_path": "/p.npy"})
-    plain = load_config(ROOT / "experiments" / "configs" / "embedded_simclr.yaml", {"data.splits_dir": "/data/splits"})
+    plain = load_config(ROOT / "ltray" / "configs" / "embedded_simclr.yaml", {"data.splits_dir": "/data/splits"})
     assert data_paths([cfg, plain]) == [PathNeed("data.splits_dir", "/data/splits"),
                                         PathNeed("data.extra_data", "/data/extra"),
                                         PathNeed("method.colt.pool_path", "/p.npy")]
 
 
 def test_embedded_pools_name_no_path():
-    cfg = load_config(ROOT / "experiments" / "configs" / "embedded_simclr.yaml", {"method.name": "colt"})
+    cfg = load_config(ROOT / "ltray" / "configs" / "embedded_simclr.yaml", {"method.name": "colt"})
     assert data_paths([cfg]) == []
 
 

@@ -88,7 +88,7 @@ def test_a_run_whose_resources_are_taken_after_the_check_fails_in_bounded_time(c
     ray.get(holder.ready(), timeout=60)
     try:
         before = resources.placement_group_ids()
-        cfg = load_config(Path(__file__).resolve().parents[2] / "experiments" / "configs" / "digits_tiny.yaml",
+        cfg = load_config(Path(__file__).resolve().parents[2] / "ltray" / "configs" / "digits_tiny.yaml",
                           {"optim.epochs": 1, "run.name": "starved"})
         outcome: dict[str, BaseException] = {}
 

@@ -29,7 +29,7 @@ from ltray.data.make_embedded_splits import make_embedded_splits
 from ltray.data.splits import file_sha256, lt_profile
 from ltray.errors import DataError
 
-SHIPPED = Path(__file__).resolve().parents[2] / "splits"
+SHIPPED = Path(__file__).resolve().parents[2] / "ltray" / "splits"
 
 
 @pytest.fixture(scope="module")

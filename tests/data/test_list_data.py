@@ -1,4 +1,4 @@
-"""The image-list data path (specs/data_and_eval.md §2, §4, §8; bcl.md §4-§5): per-item views in loader workers,
+"""The image-list data path (docs/math/data_and_eval.md §2, §4, §8; bcl.md §4-§5): per-item views in loader workers,
 seeded by item so that nothing depends on the worker count, the versioned BCL weights travelling with every
 request, pre-training and evaluation end to end on a tiny ImageNet-style folder."""
 

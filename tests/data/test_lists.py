@@ -1,4 +1,4 @@
-"""Published split formats and importers (specs/data_and_eval.md §1-§2), checked against the published files."""
+"""Published split formats and importers (docs/math/data_and_eval.md §1-§2), checked against the published files."""
 
 from __future__ import annotations
 

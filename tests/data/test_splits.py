@@ -1,4 +1,4 @@
-"""Long-tailed profile, split generation, validation and ltray's split files (specs/data_and_eval.md §1-§2)."""
+"""Long-tailed profile, split generation, validation and ltray's split files (docs/math/data_and_eval.md §1-§2)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from ltray.data.splits import (
 from ltray.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "splits"
+SHIPPED = REPO / "ltray" / "splits"
 REFERENCE = REPO.parent / "shared" / "reference_splits"
 
 

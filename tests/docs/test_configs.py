@@ -1,4 +1,4 @@
-"""Every config in experiments/configs/ (paper/ included) loads and validates: run configs with `load_config`,
+"""Every config in ltray/configs/ (paper/ included) loads and validates: run configs with `load_config`,
 sweep configs with `load_sweep_spec` and every expanded trial's config (`expand_trials` validates each)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import yaml
 from ltray.cluster.grid import SPEC_KEYS, expand_trials, load_sweep_spec
 from ltray.config import config_from_dict, load_config
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "experiments" / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "ltray" / "configs"
 CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 
 

@@ -8,7 +8,7 @@ trailing comments dropped, plus inline code spans that are whole `python experim
 - `bash run.sh <cmd>`: run.sh has the subcommand; `sweep` arguments are dry-run through experiments/sweep_colt.py;
 - `ray job submit ... -- <command>`: the working dir exists and the entrypoint is checked as above;
 - `docker compose`: the compose file exists; `python -m MODULE`: the module can be found.
-Every repository path a command names (experiments/, docs/, splits/, docker/, bench/, ltray/) must exist.
+Every repository path a command names (experiments/, docs/, docker/, bench/, ltray/) must exist.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ltray.cli import build_parser
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 PREFIXES = ("python experiments/", "ltray ", "bash run.sh ", "ray job submit ", "docker compose ", "python -m ")
-REPO_DIRS = ("experiments/", "docs/", "splits/", "docker/", "bench/", "ltray/")
+REPO_DIRS = ("experiments/", "docs/", "docker/", "bench/", "ltray/")
 LTRAY_GROUPS = ("splits", "pool", "mak")
 FENCE = re.compile(r"^```(\S*)\s*$")
 

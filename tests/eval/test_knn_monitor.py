@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_knn_monitor_scores_test_against_the_balanced_bank_every_k_epochs():
-    cfg = load_config(ROOT / "experiments" / "configs" / "digits_tiny.yaml")
+    cfg = load_config(ROOT / "ltray" / "configs" / "digits_tiny.yaml")
     data = load_run_data(cfg)
     torch.manual_seed(0)
     model = build_model("resnet18_cifar", width=0.125)
@@ -54,7 +54,7 @@ def test_pretrain_reports_the_knn_monitor_every_knn_every_epochs(tmp_path: Path)
 
     from ltray.train.loop import pretrain
 
-    cfg = load_config(ROOT / "experiments" / "configs" / "digits_tiny.yaml", {
+    cfg = load_config(ROOT / "ltray" / "configs" / "digits_tiny.yaml", {
         "optim.epochs": 2, "optim.batch_size": 64, "eval.knn_every": 2, "run.checkpoint_every": 2,
         "run.output_dir": str(tmp_path / "runs"), "run.progress": "off"})
     result = pretrain(cfg)

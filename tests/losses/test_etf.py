@@ -1,4 +1,4 @@
-"""GH target construction and checks (specs/gh.md §1)."""
+"""GH target construction and checks (docs/math/gh.md §1)."""
 
 from __future__ import annotations
 

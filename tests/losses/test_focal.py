@@ -1,4 +1,4 @@
-"""Focal contrastive loss (specs/focal_lotar.md §1) against a loop formula."""
+"""Focal contrastive loss (docs/math/focal_lotar.md §1) against a loop formula."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Geometric Harmonization pieces (specs/gh.md §2, §4–§7)."""
+"""Geometric Harmonization pieces (docs/math/gh.md §2, §4–§7)."""
 
 from __future__ import annotations
 

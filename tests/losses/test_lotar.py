@@ -1,4 +1,4 @@
-"""LoTaR distances and weights (specs/focal_lotar.md §2) against NumPy."""
+"""LoTaR distances and weights (docs/math/focal_lotar.md §2) against NumPy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""NT-Xent (specs/data_and_eval.md §6) against plain-loop implementations."""
+"""NT-Xent (docs/math/data_and_eval.md §6) against plain-loop implementations."""
 
 from __future__ import annotations
 

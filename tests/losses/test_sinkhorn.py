@@ -1,4 +1,4 @@
-"""Sinkhorn-Knopp surrogate labels (specs/gh.md §3) against a hand derivation and an independent NumPy version."""
+"""Sinkhorn-Knopp surrogate labels (docs/math/gh.md §3) against a hand derivation and an independent NumPy version."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""COLT domain-level SupCon term (specs/colt.md §6) against a loop formula."""
+"""COLT domain-level SupCon term (docs/math/colt.md §6) against a loop formula."""
 
 from __future__ import annotations
 

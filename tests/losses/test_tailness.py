@@ -1,4 +1,4 @@
-"""COLT instant tailness score (specs/colt.md §3) against a loop formula."""
+"""COLT instant tailness score (docs/math/colt.md §3) against a loop formula."""
 
 from __future__ import annotations
 

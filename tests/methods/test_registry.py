@@ -1,4 +1,4 @@
-"""Method names: parsing, canonical names and the reference-backed flag (specs/README.md "Method composition")."""
+"""Method names: parsing, canonical names and the reference-backed flag (docs/math/README.md "Method composition")."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from ltray.methods.base import Step
 from ltray.methods.method import build_method
 from ltray.methods.registry import COMPONENTS, MODIFIERS, ORDER, parse_method, register
 
-# The combinations the references run (specs/README.md "Method composition"; bcl.md §7; sdclr.md §7).
+# The combinations the references run (docs/math/README.md "Method composition"; bcl.md §7; sdclr.md §7).
 REFERENCE_COMBINATIONS = {
     "simclr", "focal", "sdclr",
     # GH × {simclr, focal, sdclr} × {with or without BCL}; BCL alone on each base (BCL-I, the GH port, BCL-D)

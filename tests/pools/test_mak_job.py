@@ -1,4 +1,4 @@
-"""MAK end to end (ltray/pools/mak_job.py, specs/mak.md §1–§9): a tiny pool and a tiny checkpoint through the Ray
+"""MAK end to end (ltray/pools/mak_job.py, docs/math/mak.md §1–§9): a tiny pool and a tiny checkpoint through the Ray
 Data passes, ECLE, proximity and K-center, checked against the same pipeline written as plain calls."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Pool scoring (ltray/pools/scoring.py): the computation against a plain PyTorch loop, independence from batching,
-reading results back (specs/mak.md §2), and the Ray Data job with 1 and 2 actors."""
+reading results back (docs/math/mak.md §2), and the Ray Data job with 1 and 2 actors."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """MAK selections on disk (ltray/pools/selection.py): reading, validation, the files' formats, and the pre-training
-loader's `data.extra_data` (specs/mak.md §7)."""
+loader's `data.extra_data` (docs/math/mak.md §7)."""
 
 from __future__ import annotations
 

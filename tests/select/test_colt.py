@@ -1,4 +1,4 @@
-"""COLT selection math against hand-derived cases (specs/colt.md §1, §4, §7)."""
+"""COLT selection math against hand-derived cases (docs/math/colt.md §1, §4, §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""K-center greedy (specs/mak.md §6): incremental version against a hand example and the quadratic reference."""
+"""K-center greedy (docs/math/mak.md §6): incremental version against a hand example and the quadratic reference."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The shared k-means wrapper (specs/colt.md §4 step 1, specs/mak.md §4 step 2)."""
+"""The shared k-means wrapper (docs/math/colt.md §4 step 1, docs/math/mak.md §4 step 2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MAK selection math against hand-derived cases and plain-loop versions of the spec (specs/mak.md §2–§7)."""
+"""MAK selection math against hand-derived cases and plain-loop versions of the spec (docs/math/mak.md §2–§7)."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def loop_ntxent_per_sample(u: np.ndarray, v: np.ndarray, tau: float) -> np.ndarr
 
 
 def loop_ecle(views: list[np.ndarray], width: int, tau: float, regroupings: int, seed: int) -> np.ndarray:
-    """specs/mak.md §3 step by step, with the same generator construction as `ecle`."""
+    """docs/math/mak.md §3 step by step, with the same generator construction as `ecle`."""
     size = views[0].shape[0]
     generator = torch.Generator().manual_seed(seed)
     sums = np.zeros(size)

@@ -1,4 +1,4 @@
-"""Distributed equivalence with two real processes (specs/README.md convention 4, sdclr.md §4, gh.md §3–§4).
+"""Distributed equivalence with two real processes (docs/math/README.md convention 4, sdclr.md §4, gh.md §3–§4).
 
 Two gloo ranks on 127.0.0.1 each hold half of a fixed batch of fixed view tensors; the model goes through the
 training loop's own wrapping (SyncBN conversion, DDP), z¹/z² are all-gathered with gradient, the method's

@@ -1,4 +1,4 @@
-"""Optimisers and the per-iteration schedule (specs/data_and_eval.md §7) and GH's per-epoch schedule in the loop."""
+"""Optimisers and the per-iteration schedule (docs/math/data_and_eval.md §7) and GH's per-epoch schedule in the loop."""
 
 from __future__ import annotations
 

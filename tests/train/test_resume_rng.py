@@ -1,4 +1,4 @@
-"""Every rank keeps its own random stream across a resume (specs/README.md convention 6: seed + rank).
+"""Every rank keeps its own random stream across a resume (docs/math/README.md convention 6: seed + rank).
 
 Two gloo ranks on 127.0.0.1 train a tiny run without interruption, train it again stopped after epoch 1 and resume
 it: right after the resume and at the end, each rank's Python / NumPy / torch streams equal that rank's streams of

@@ -1,4 +1,4 @@
-"""Per-index state (specs/README.md convention 3): `IndexedEMA` and `first_occurrence`."""
+"""Per-index state (docs/math/README.md convention 3): `IndexedEMA` and `first_occurrence`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""BCL: memorisation-boosted augmentation driven by a per-sample momentum loss (specs/bcl.md)."""
+"""BCL: memorisation-boosted augmentation driven by a per-sample momentum loss (docs/math/bcl.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ltray.train.state import IndexedEMA
 
 
 def memorisation_weights(momentum: torch.Tensor) -> torch.Tensor:
-    """w = ½·u/max|u| + ½ with u = (m − mean m)/std m (unbiased), specs/bcl.md §3; w ≡ ½ when std or max|u| is 0."""
+    """w = ½·u/max|u| + ½ with u = (m − mean m)/std m (unbiased), docs/math/bcl.md §3; w ≡ ½ when std or max|u| is 0."""
     m = momentum.double()
     if not bool(torch.isfinite(m).all()):
         raise TrainingDiverged("BCL momentum loss holds non-finite values")

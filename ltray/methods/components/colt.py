@@ -1,4 +1,4 @@
-"""COLT: online OOD sampling around tail-like ID regions plus the domain-level SupCon term (specs/colt.md)."""
+"""COLT: online OOD sampling around tail-like ID regions plus the domain-level SupCon term (docs/math/colt.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Focal contrastive loss as the base (specs/focal_lotar.md §1)."""
+"""Focal contrastive loss as the base (docs/math/focal_lotar.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Geometric Harmonization on top of any base (specs/gh.md)."""
+"""Geometric Harmonization on top of any base (docs/math/gh.md)."""
 
 from __future__ import annotations
 

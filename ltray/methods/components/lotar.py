@@ -1,10 +1,12 @@
-"""LoTaR per-sample weighting by view distance (specs/focal_lotar.md §2)."""
+"""LoTaR per-sample weighting by view distance (docs/math/focal_lotar.md §2)."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
-from ltray.losses.lotar import lotar_distances, lotar_weights
+from ltray.losses.lotar import LotarDistance, lotar_distances, lotar_weights
 from ltray.methods.base import Component, Step
 from ltray.methods.registry import register
 
@@ -17,7 +19,7 @@ class LoTaR(Component):
 
     def sample_weights(self, step: Step) -> torch.Tensor:
         options = self.cfg.method.lotar
-        distances = lotar_distances(step.z1, step.z2, options.distance)
+        distances = lotar_distances(step.z1, step.z2, cast(LotarDistance, options.distance))  # `config.validate`
         weights, degenerate = lotar_weights(distances, options.sign, options.detach_weight)
         self.degenerate_batches += int(degenerate)
         return weights

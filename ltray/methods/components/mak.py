@@ -1,4 +1,4 @@
-"""MAK as a method name (specs/mak.md): no training hooks, so a `mak` run trains exactly like SimCLR on its data.
+"""MAK as a method name (docs/math/mak.md): no training hooks, so a `mak` run trains exactly like SimCLR on its data.
 
 The MAK pipeline itself (feature extractor, open-world sampling, retraining on LT ∪ selection) is run by a sweep
 trial (`ltray.cluster.trial.run_trial`) or step by step with `ltray mak sample` and `data.extra_data`.

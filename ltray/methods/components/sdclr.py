@@ -1,4 +1,4 @@
-"""SDCLR: the pruned self-competitor with dual BN (specs/sdclr.md)."""
+"""SDCLR: the pruned self-competitor with dual BN (docs/math/sdclr.md)."""
 
 from __future__ import annotations
 
