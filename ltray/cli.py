@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ltray.errors import ConfigError, LtrayError
+from ltray.methods.registry import parse_method
 
 EXIT_USER_ERROR = 2
 
@@ -59,6 +60,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.extra_data:
         args.overrides.append(f"data.extra_data={args.extra_data}")
     cfg = _load(args)
+    if parse_method(cfg.method.name).has("mak") and not cfg.data.extra_data:
+        raise ConfigError("method mak is a pipeline: `ltray mak sample` on a SimCLR checkpoint, then `ltray pretrain "
+                          "--set method.name=mak --extra-data SELECTION`; or a sweep trial of method mak runs it all")
     result = pretrain(cfg, resume=args.resume)
     last = result.history[-1] if result.history else {}
     print(f"checkpoint: {result.checkpoint}")

@@ -196,6 +196,15 @@ def test_a_gh_warm_up_as_long_as_the_run_is_refused(capsys: pytest.CaptureFixtur
     assert list(tmp_path.iterdir()) == []
 
 
+def test_pretrain_of_mak_without_a_selection_names_the_commands_that_run_it(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = run_cli(capsys, "pretrain", "--set", "data.dataset=digits-lt", "--set", "method.name=mak",
+                           "--set", f"run.output_dir={tmp_path / 'runs'}")
+    assert_one_line_error(code, err, "method mak is a pipeline")
+    assert "ltray mak sample" in err and "--extra-data" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_every_shipped_config_keeps_the_methods_it_names_active() -> None:
     from ltray.config import load_config
 

@@ -10,7 +10,9 @@ what each trial costs without starting Ray or MLflow and without reading image d
 - **Images processed** (each image gives two augmented views): epochs × N; with COLT, warm-up epochs × N plus the
   remaining epochs × (N + budget) (docs/math/colt.md §1, §5), and at every resample the whole pool plus the ID set is
   embedded once (docs/math/colt.md §2), counted as inference images; with MAK's extra data (`data.extra_data`), the
-  selection's size is added to N.
+  selection's size is added to N; a MAK trial without it runs MAK's pipeline: the extractor's epochs × N, the
+  pool's inference passes (once plain, `method.mak.passes` times augmented) and the ID set's as inference images,
+  then epochs × (N + budget) of retraining.
 - **Time**: images / the measured images per second of the trial's (device, arch, image size, width) in
   `throughput.json`, times the number of workers (linear DDP scaling, an optimistic assumption); an inference image
   costs `INFERENCE_COST` of a training image (one view forward against two views forward and backward, backward ≈
@@ -167,6 +169,21 @@ def pool_size(cfg: Config) -> int | None:
     return None
 
 
+def mak_pool_size(cfg: Config) -> int | None:
+    """Size of a MAK trial's candidate pool: the embedded pool's configured size, or the `size` in the pool
+    folder's `pool.json` (`ltray pool import`); None when unknown."""
+    k = cfg.method.mak
+    if k.pool == "embedded":
+        return k.pool_size
+    manifest = Path(k.pool) / "pool.json"
+    if manifest.is_file():
+        try:
+            return int(json.loads(manifest.read_text(encoding="utf-8"))["size"])
+        except (ValueError, KeyError, TypeError):
+            return None
+    return None
+
+
 def colt_resamples(epochs: int, warmup: int, interval: int) -> int:
     """Resample epochs e (1-based) with e − 1 ≥ warmup and (e − 1 − warmup) mod interval = 0 (docs/math/colt.md §1)."""
     return 0 if epochs - 1 < warmup else (epochs - 1 - warmup) // interval + 1
@@ -242,6 +259,16 @@ def trial_cost(trial: Trial, table: Sequence[Throughput], device: str, workers: 
             inference = resamples * ((pool or 0) + n)
             if pool is None and resamples:
                 source += "; COLT pool size unknown (give method.colt.pool_path): its scoring is not counted"
+        if parse_method(cfg.method.name).has("mak") and not cfg.data.extra_data:
+            # MAK's pipeline (docs/math/mak.md §1): the SimCLR extractor on LT, the inference passes over the pool
+            # (once plain, `passes` times augmented) and the ID set, then retraining on LT ∪ selection
+            k = cfg.method.mak
+            pool = mak_pool_size(cfg)
+            train_images = (k.extractor_epochs or epochs) * n + epochs * (n + min(k.budget, pool or k.budget))
+            inference = (k.passes + 1) * (pool or 0) + n
+            source += "; MAK: extractor run, pool scoring and retraining on LT + selection"
+            if pool is None:
+                source += f" (pool size of {k.pool} unknown: its scoring is not counted)"
     elif extra is None:
         source += f"; MAK selection {cfg.data.extra_data} unreadable"
     speed, note = lookup_speed(table, cfg, device, workers, cpus_per_worker)

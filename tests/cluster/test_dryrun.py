@@ -117,3 +117,19 @@ def test_bad_dry_run_flags_fail_with_one_line() -> None:
     result = run_script("sweep_gh.py", "--dry-run", "--cluster-gpus", "-1")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "--cluster-gpus" in result.stderr
+
+
+def test_a_mak_trial_is_priced_with_its_extractor_scoring_and_retraining() -> None:
+    from ltray.cluster.dryrun import trial_cost
+    from ltray.cluster.grid import Trial
+
+    cfg = load_config(CONFIG_DIR / "embedded_simclr.yaml",
+                      {"method.name": "mak", "optim.epochs": 10, "method.mak.extractor_epochs": 4,
+                       "method.mak.pool_size": 2000, "method.mak.budget": 300, "method.mak.passes": 5})
+    trial = Trial(name="mak", overrides={}, config_key="mak", config=cfg.to_dict())
+    cpu = Throughput("cpu", "resnet18_cifar", 16, cfg.model.width, 1000.0, "test", threads=1)
+    cost = trial_cost(trial, [cpu], "cpu", workers=1, cpus_per_worker=1)
+    n = cost.train_size
+    assert n is not None and n > 0
+    assert cost.train_images == 4 * n + 10 * (n + 300)  # extractor on LT, retraining on LT ∪ 300 picks
+    assert cost.inference_images == 6 * 2000 + n  # the pool once plain and 5 times augmented, the ID set once
