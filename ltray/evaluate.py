@@ -9,7 +9,7 @@ import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -33,16 +33,11 @@ from ltray.eval.probe import (
     sdclr_sgd_probe,
 )
 from ltray.eval.shots import fixed_shot_subsets, kshot_indices
-from ltray.methods.registry import parse_method
+from ltray.methods.method import model_shape
 from ltray.models.contrastive import ContrastiveModel, build_model
 from ltray.train.checkpoint import load_checkpoint
 
 HEADLINE = ("all", "many", "medium", "few", "group_std", "class_std")
-
-
-class _ModelOptions(TypedDict):
-    head: str
-    dual_bn: bool
 
 
 def scaled_schedule(schedule: ProbeSchedule, factor: float) -> ProbeSchedule:
@@ -233,12 +228,7 @@ def model_from_checkpoint(cfg: Config, path: Path, device: torch.device) -> Cont
     when `cfg.model.channels_last`)."""
     state = load_checkpoint(path, map_location=device)
     saved = config_from_dict(state["config"])
-    spec = parse_method(saved.method.name)
-    options: _ModelOptions = {"head": "simclr", "dual_bn": False}
-    if spec.sdclr:
-        options = {"head": "sdclr3" if saved.method.sdclr.head_layers == 3 else "simclr",
-                   "dual_bn": saved.method.sdclr.dual_bn}
-    model = build_model(saved.model.arch, width=saved.model.width, **options).to(device)
+    model = build_model(saved.model.arch, width=saved.model.width, **model_shape(saved)).to(device)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

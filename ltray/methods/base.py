@@ -80,8 +80,15 @@ class Component:
         self.dataset_size = dataset_size
         self.device = device
 
-    def model_options(self) -> dict[str, Any]:
+    @classmethod
+    def model_shape(cls, cfg: Config) -> dict[str, Any]:
+        """The model options this part fixes in the saved model (head, dual BN): evaluation and pool scoring
+        rebuild a checkpoint's model from them (`ltray.methods.method.model_shape`)."""
         return {}
+
+    def model_options(self) -> dict[str, Any]:
+        """The options of the model this part trains: its `model_shape` plus training-only ones."""
+        return self.model_shape(self.cfg)
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
         return None

@@ -98,6 +98,16 @@ class Method:
                 part.load_state_dict(state[part.name])
 
 
+def model_shape(cfg: Config) -> dict[str, Any]:
+    """The options beyond arch and width that fix the model a run with this config trains (head, dual BN): what
+    evaluation and pool scoring rebuild from a checkpoint's config."""
+    options: dict[str, Any] = {"head": "simclr", "dual_bn": False}
+    for name in parse_method(cfg.method.name).parts:
+        if name in COMPONENTS:
+            options.update(COMPONENTS[name].model_shape(cfg))
+    return options
+
+
 def build_method(cfg: Config, dataset_size: int, device: torch.device) -> Method:
     spec = parse_method(cfg.method.name)
     parts = [COMPONENTS[name](cfg, dataset_size, device) for name in spec.parts if name in COMPONENTS]

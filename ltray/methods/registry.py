@@ -13,11 +13,14 @@ extractor, selects extra data from a pool with MAK and retrains SimCLR on the en
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from ltray.errors import ConfigError
 
-COMPONENTS: dict[str, type] = {}
+if TYPE_CHECKING:
+    from ltray.methods.base import Component
+
+COMPONENTS: dict[str, type[Component]] = {}
 T = TypeVar("T", bound=type)
 
 BASES = ("simclr", "focal")

@@ -105,13 +105,11 @@ class ModelRecipe:
 
     @classmethod
     def from_config(cls, cfg: Config) -> ModelRecipe:
-        """The model a run with this config trains (the rule of `ltray.evaluate.model_from_checkpoint`)."""
-        from ltray.methods.registry import parse_method
+        """The model a run with this config trains (`ltray.methods.method.model_shape`)."""
+        from ltray.methods.method import model_shape
 
-        if parse_method(cfg.method.name).sdclr:
-            head = "sdclr3" if cfg.method.sdclr.head_layers == 3 else "simclr"
-            return cls(cfg.model.arch, cfg.model.width, head, cfg.method.sdclr.dual_bn, cfg.model.channels_last)
-        return cls(cfg.model.arch, cfg.model.width, channels_last=cfg.model.channels_last)
+        shape = model_shape(cfg)
+        return cls(cfg.model.arch, cfg.model.width, shape["head"], shape["dual_bn"], cfg.model.channels_last)
 
 
 @dataclass(frozen=True)

@@ -539,3 +539,16 @@ def test_colt_resample_epochs_rebuild_the_active_pool() -> None:
     method.on_epoch_start(_ctx(3, data=data, artifacts=artifacts))  # E = 4: resample, replacing (not adding)
     assert len(data.active_pool) == 5 and len(data) == 17 and colt.resamples == 2
     assert "colt_picks_epoch0004.json" in artifacts
+
+
+def test_model_shape_is_the_model_a_run_trains_without_training_only_options() -> None:
+    from ltray.methods.method import build_method, model_shape
+
+    cfg = Config()
+    assert model_shape(cfg) == {"head": "simclr", "dual_bn": False}
+    cfg.method.name = "sdclr+gh"
+    assert model_shape(cfg) == {"head": "sdclr3", "dual_bn": True}
+    cfg.method.sdclr.head_layers, cfg.method.sdclr.dual_bn = 2, False
+    assert model_shape(cfg) == {"head": "simclr", "dual_bn": False}
+    trained = build_method(cfg, 100, torch.device("cpu")).model_options()
+    assert trained == {**model_shape(cfg), "pruned_second": True}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -12,6 +12,9 @@ from ltray.methods.registry import register
 from ltray.models.pruning import mask_checksum, prunable_convs, refresh_masks
 from ltray.train import distributed as dist_utils
 
+if TYPE_CHECKING:
+    from ltray.config import Config
+
 
 @register("sdclr")
 class SDCLR(Component):
@@ -20,9 +23,13 @@ class SDCLR(Component):
 
     density = 1.0
 
+    @classmethod
+    def model_shape(cls, cfg: Config) -> dict[str, Any]:
+        s = cfg.method.sdclr
+        return {"head": "sdclr3" if s.head_layers == 3 else "simclr", "dual_bn": s.dual_bn}
+
     def model_options(self) -> dict[str, Any]:
-        s = self.cfg.method.sdclr
-        return {"head": "sdclr3" if s.head_layers == 3 else "simclr", "dual_bn": s.dual_bn, "pruned_second": True}
+        return {**self.model_shape(self.cfg), "pruned_second": True}
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
         s = self.cfg.method.sdclr
