@@ -8,7 +8,6 @@ the console, without Ray's `(pid=...)` prefix.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import re
@@ -257,6 +256,9 @@ def sweep_console(sweep_dir: Storage, *, capture: bool) -> Iterator[Say]:
                     path.rmdir()
         if scratch is not None:
             if not refused:
-                with contextlib.suppress(OSError):
-                    sweep_dir.child(CONSOLE_LOG).upload(log_path)
+                target = sweep_dir.child(CONSOLE_LOG)
+                try:
+                    target.upload(log_path)
+                except OSError as error:  # the sweep's outcome stands; only its log is not kept
+                    print(f"console log not uploaded to {target.uri}: {error}", file=sys.stderr, flush=True)
             shutil.rmtree(scratch, ignore_errors=True)

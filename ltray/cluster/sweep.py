@@ -463,10 +463,10 @@ def _open_parent(spec: SweepSpec, resume: bool, tracking_uri: str, tags: dict[st
     from mlflow.exceptions import MlflowException
 
     from ltray.tracking.artifacts import log_sweep_grid
-    from ltray.tracking.journal import limit_http_retries
+    from ltray.tracking.journal import limit_http_retries_quietly
     from ltray.tracking.runs import SweepTracking
 
-    limit_http_retries()
+    limit_http_retries_quietly()
     try:
         tracking = SweepTracking(tracking_uri, spec.experiment)
         if not resume and tracking.find_parent(spec.name) is not None:

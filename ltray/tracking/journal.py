@@ -140,7 +140,7 @@ class TrackingUnavailable(Exception):
     """A record could not be sent now (the server is down, slow or refused it); it stays in the journal."""
 
 
-def limit_http_retries() -> None:
+def limit_http_retries_quietly() -> None:
     """Bound MLflow's HTTP retries in this process (unless set by the user), so a request to a server that is down
     fails in seconds and the uploader decides when to try again; urllib3's line per retry stays off the console
     (the uploader prints one line per outage)."""
@@ -207,7 +207,7 @@ class JournalUploader:
     def _open_run(self, view: JournalView) -> None:
         from ltray.tracking.runs import TAG_FINAL_KEYS, SweepTracking
 
-        limit_http_retries()
+        limit_http_retries_quietly()
         header = view.header
         assert header is not None
         self._tracking = SweepTracking(self.tracking_uri, self.experiment)

@@ -149,9 +149,9 @@ def sync_sweep(sweep_dir: Storage, record: SweepRecord, tracking_uri: str, markd
     MLflow does not answer. Returns what was sent and what is still pending (with the last reason).
     `outage_seen`: a trial ended with records MLflow did not get, so its console told of an outage; the line that
     MLflow is back is then printed here."""
-    from ltray.tracking.journal import limit_http_retries
+    from ltray.tracking.journal import limit_http_retries_quietly
 
-    limit_http_retries()
+    limit_http_retries_quietly()
     journals = {trial: journal for trial, journal in trial_journals(sweep_dir, record.grid).items()
                 if journal.folder.child(TRIAL_FILE).exists()}
     uploaders = {trial: JournalUploader(journal, tracking_uri, record.experiment, echo)

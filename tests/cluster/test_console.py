@@ -99,3 +99,16 @@ def test_events_show_starts_epochs_at_a_modest_rate_ends_and_an_eta_from_the_epo
 def test_error_reason_is_the_last_line_of_the_message():
     assert error_reason(RuntimeError("Traceback ...\n  File x\nValueError: bad split\n")) == "ValueError: bad split"
     assert error_reason(None) == "NoneType"
+
+
+def test_on_uri_storage_the_log_is_uploaded_and_a_failed_upload_says_so_in_one_line(s3_storage: str, capsys):
+    sweep_dir = Storage(f"{s3_storage}/demo")
+    with sweep_console(sweep_dir, capture=True) as say:
+        say("a line")
+    assert sweep_dir.child(CONSOLE_LOG).read_text() == "a line\n"
+    capsys.readouterr()
+    missing = Storage(s3_storage.replace("s3://ltray-", "s3://absent-", 1) + "/demo")
+    with sweep_console(missing, capture=True) as say:
+        say("another line")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"console log not uploaded to {missing.uri}/{CONSOLE_LOG}: "), err
