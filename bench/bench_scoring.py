@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ltray.data.pool_store import import_pool, read_pool_arrays  # noqa: E402
 from ltray.pools.scoring import ModelRecipe, ScoringSpec, embed_pool, score_pool, state_dict_model  # noqa: E402
-from ltray.pools.store import import_pool, read_pool_arrays  # noqa: E402
 
 
 def main() -> int:

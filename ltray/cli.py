@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ltray.errors import ConfigError, LtrayError
-from ltray.methods.registry import parse_method
+from ltray.method_names import parse_method
 
 EXIT_USER_ERROR = 2
 
@@ -99,8 +99,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_sync(args: argparse.Namespace) -> int:
     """`ltray sync`: every trial journal of the sweep, then its summary and status, to MLflow; exit 3 (one line)
     while MLflow does not answer."""
-    from ltray.cluster.summary import sweep_title
     from ltray.cluster.sweep import EXIT_TRACKING_PENDING, summarize_sweep
+    from ltray.eval.summary import sweep_title
     from ltray.storage import resolve_storage
     from ltray.tracking.store import check_tracking_reachable, resolve_tracking_uri
     from ltray.tracking.sync import close_unfinished, read_sweep_record, sync_sweep
@@ -128,7 +128,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_pool_import(args: argparse.Namespace) -> int:
-    from ltray.pools.store import import_pool
+    from ltray.data.pool_store import import_pool
 
     roots = {}
     for item in args.source_root or []:
@@ -143,7 +143,7 @@ def cmd_pool_import(args: argparse.Namespace) -> int:
 
 
 def cmd_pool_show(args: argparse.Namespace) -> int:
-    from ltray.pools.store import show_pool
+    from ltray.data.pool_store import show_pool
 
     print(show_pool(args.pool, grid=args.grid))
     return 0

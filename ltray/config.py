@@ -381,7 +381,7 @@ def _one_of(value: Any, allowed: tuple[Any, ...], key: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Check every value and every combination; raise ConfigError on the first problem."""
-    from ltray.methods.registry import parse_method
+    from ltray.method_names import parse_method
 
     d, m, mo, o, e, r = cfg.data, cfg.method, cfg.model, cfg.optim, cfg.eval, cfg.run
     _one_of(d.dataset, DATASETS, "data.dataset")

@@ -222,7 +222,7 @@ def lookup_speed(table: Sequence[Throughput], cfg: Config, device: str, workers:
         note = f"{entry.images_per_s:g} img/s on {entry.threads or 1} thread(s)" + (
             f", scaled to {threads}" if threads != (entry.threads or 1) else "")
     else:
-        from ltray.methods.registry import parse_method
+        from ltray.method_names import parse_method
 
         wanted = set(parse_method(cfg.method.name).parts)
 
@@ -239,7 +239,7 @@ def lookup_speed(table: Sequence[Throughput], cfg: Config, device: str, workers:
 
 def trial_cost(trial: Trial, table: Sequence[Throughput], device: str, workers: int,
                cpus_per_worker: float) -> TrialCost:
-    from ltray.methods.registry import parse_method
+    from ltray.method_names import parse_method
 
     cfg = trial.build_config()
     size, source = train_set_size(cfg)

@@ -38,7 +38,7 @@ import yaml
 
 from ltray.config import Config, config_from_dict, load_config, parse_override
 from ltray.errors import ConfigError, LtrayError
-from ltray.methods.registry import MethodSpec, parse_method
+from ltray.method_names import MethodSpec, parse_method
 
 SPLIT_KEY = "data.split"
 SEED_KEY = "run.seed"

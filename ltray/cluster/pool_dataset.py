@@ -1,4 +1,4 @@
-"""The driver side of COLT's sharded pool embedding on Ray Train (docs/math/colt.md §2; `ltray.pools.shard_embed`).
+"""The driver side of COLT's sharded pool embedding on Ray Train (docs/math/colt.md §2; `ltray.train.shard_embed`).
 
 `fit_training` hands a COLT run's pool to the `TorchTrainer` as the Ray Dataset `colt_pool`, with columns
 `pool_index` (int64) and `image` (the raw uint8 H×W×3 bytes, fixed-size binary, as in a Parquet pool):
@@ -21,10 +21,11 @@ import numpy as np
 import pyarrow as pa
 from ray.train import DataConfig
 
+from ltray.data.pool_store import image_array
 from ltray.errors import ConfigError
-from ltray.pools.scoring import INDEX, arrays_dataset
-from ltray.pools.shard_embed import EMBED_BATCH, IMAGE
-from ltray.pools.store import image_array
+from ltray.eval.rows import INDEX
+from ltray.pools.scoring import arrays_dataset
+from ltray.train.shard_embed import EMBED_BATCH, IMAGE
 
 if TYPE_CHECKING:
     import ray.data
@@ -86,7 +87,7 @@ def npy_pool_dataset(path: str, rows_per_block: int = ROWS_PER_BLOCK) -> ray.dat
 
 def colt_pool_dataset(cfg: Config) -> ray.data.Dataset | None:
     """The `colt_pool` dataset of a COLT run with an array pool; None for other methods and image-list pools."""
-    from ltray.methods.registry import parse_method
+    from ltray.method_names import parse_method
 
     c = cfg.method.colt
     if not parse_method(cfg.method.name).has("colt") or c.pool not in ARRAY_POOLS:
@@ -99,7 +100,7 @@ def colt_pool_dataset(cfg: Config) -> ray.data.Dataset | None:
         raise ConfigError(f"method.colt.pool_path is required for the {c.pool} pool")
     if c.pool == "random300k":
         return npy_pool_dataset(c.pool_path)
-    from ltray.pools.store import open_pool_dataset
+    from ltray.data.pool_store import open_pool_dataset
 
     # the workers check the shard hashes when they load the pool for training
     return open_pool_dataset(c.pool_path, verify=False)

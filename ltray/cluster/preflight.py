@@ -57,7 +57,7 @@ class PathNeed:
 
 def data_paths(configs: Iterable[Any]) -> list[PathNeed]:
     """Every file or folder the trials' configs name (once each, in config order)."""
-    from ltray.methods.registry import parse_method
+    from ltray.method_names import parse_method
 
     needs: dict[tuple[str, str], PathNeed] = {}
 
@@ -101,7 +101,7 @@ def check_worker_fits(nodes: Sequence[NodeInfo], cpus_per_worker: float, gpus_pe
 def check_mak_storage(configs: Iterable[Any], storage: Storage) -> None:
     """MAK's pipeline keeps its pool, cache and selection as folders under the sweep, which the training workers
     read as local folders: a URI storage cannot hold them."""
-    from ltray.methods.registry import parse_method
+    from ltray.method_names import parse_method
 
     if storage.is_local:
         return

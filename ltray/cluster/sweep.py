@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -23,7 +23,11 @@ from ltray.cluster.benchmark import BASELINE
 from ltray.cluster.console import TrialEvents, reporting, sweep_console
 from ltray.cluster.grid import SweepSpec, Trial, expand_trials, max_concurrent_trials
 from ltray.cluster.preflight import check_cluster
-from ltray.cluster.summary import (
+from ltray.cluster.train_worker import TrainSettings
+from ltray.cluster.trial import DRIVER_MEMORY_BYTES, EVAL_REPORT, FINAL_MARK, TRACKING_PENDING, TrialContext, run_trial
+from ltray.errors import ConfigError, LtrayError
+from ltray.eval.figures import RunFigures
+from ltray.eval.summary import (
     comparison_markdown,
     ordered_probes,
     probe_of,
@@ -31,16 +35,13 @@ from ltray.cluster.summary import (
     sweep_markdown,
     sweep_title,
 )
-from ltray.cluster.train_worker import TrainSettings
-from ltray.cluster.trial import DRIVER_MEMORY_BYTES, EVAL_REPORT, FINAL_MARK, TRACKING_PENDING, TrialContext, run_trial
-from ltray.errors import ConfigError, LtrayError
-from ltray.eval.figures import RunFigures
 from ltray.storage import Storage, resolve_storage
 from ltray.tracking.sync import (
     SweepRecord,
     SyncResult,
     close_unfinished,
     journal_summary_rows,
+    journal_views,
     sync_sweep,
     tracking_wait_s,
     write_sweep_record,
@@ -48,6 +49,8 @@ from ltray.tracking.sync import (
 
 if TYPE_CHECKING:
     from ray.tune import Result
+
+    from ltray.tracking.journal import JournalView
 
 TRAIN_RUNS = "train_runs"
 SUMMARY_MD = "summary.md"
@@ -123,7 +126,7 @@ def resolve_sweep_dir(spec: SweepSpec, options: SweepOptions, root: Storage) -> 
 def preflight(trials: list[Trial]) -> None:
     """Read the data of one trial per (data set, split, pool) before starting Ray: missing files fail here."""
     from ltray.data.loading import load_run_data
-    from ltray.methods.registry import parse_method
+    from ltray.method_names import parse_method
 
     checked: set[tuple[Any, ...]] = set()
     for trial in sorted(trials, key=lambda t: -int(t.config["method"]["colt"]["budget"])):
@@ -209,24 +212,27 @@ def summarize_sweep(sweep_dir: Storage, grid: dict[str, str], title: str) -> tup
     rows (for the parent run)."""
     from ltray.tracking.artifacts import summary_csv
 
-    rows = journal_summary_rows(sweep_dir, grid)
+    views = journal_views(sweep_dir, grid)
+    rows = journal_summary_rows(sweep_dir, grid, views)
     markdown = sweep_markdown(rows, title) if rows else f"# {title}\n\nno trial runs\n"
     csv_text = summary_csv(rows)
     sweep_dir.child(SUMMARY_MD).write_text(markdown)
     sweep_dir.child(SUMMARY_CSV).write_text(csv_text)
-    write_sweep_figures(sweep_dir, grid, title)
+    write_sweep_figures(sweep_dir, grid, title, views)
     return markdown, csv_text, rows
 
 
-def journal_runs(sweep_dir: Storage, grid: dict[str, str]) -> tuple[str, dict[str, list[RunFigures]]]:
+def journal_runs(sweep_dir: Storage, grid: dict[str, str], views: Mapping[str, JournalView] | None = None
+                 ) -> tuple[str, dict[str, list[RunFigures]]]:
     """The main probe and, per configuration, its finished runs (figures of that probe, per-class accuracy and
-    pre-training counts from the evaluation report) read from the journals."""
+    pre-training counts from the evaluation report) read from the journals (`views`: as read by `journal_views`)."""
     from ltray.tracking.journal import TrialJournal, journal_folder
 
+    views = journal_views(sweep_dir, grid) if views is None else views
     finished: dict[str, tuple[str, Any, dict[str, float], dict[str, Any]]] = {}
     for trial, config in grid.items():
         journal = TrialJournal(journal_folder(sweep_dir, trial))
-        view = journal.view()
+        view = views[trial]
         if view.final_figures is not None and view.header is not None:
             finished[trial] = (config, journal, view.final_figures, view.header["params"])
     probes = ordered_probes(figure for _, _, figures, _ in finished.values() for figure in figures)
@@ -253,14 +259,15 @@ def baseline_config(configs: list[str]) -> str | None:
     return plain[0] if len(plain) == 1 else None
 
 
-def write_sweep_figures(sweep_dir: Storage, grid: dict[str, str], title: str) -> list[Storage]:
+def write_sweep_figures(sweep_dir: Storage, grid: dict[str, str], title: str,
+                        views: Mapping[str, JournalView] | None = None) -> list[Storage]:
     """`comparison.png` and `per_class_all.png` of the finished runs (`ltray.eval.figures`) into the sweep folder;
     the baseline of the paired differences is the SimCLR configuration when the sweep has one (`baseline_config`)."""
     import tempfile
 
     from ltray.eval.figures import COMPARISON_PNG, PER_CLASS_ALL_PNG, plot_comparison, plot_per_class_all
 
-    main, runs = journal_runs(sweep_dir, grid)
+    main, runs = journal_runs(sweep_dir, grid, views)
     if not any(runs.values()):
         return []
     written = []
@@ -277,7 +284,7 @@ def write_sweep_figures(sweep_dir: Storage, grid: dict[str, str], title: str) ->
 
 
 def _parent_tags(configs: list[Any]) -> dict[str, str]:
-    from ltray.methods.registry import parse_method
+    from ltray.method_names import parse_method
     from ltray.tracking.runs import standard_tags
 
     def joined(values: list[str]) -> str:

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ltray.common import distributed as dist_utils
 from ltray.config import Config, config_from_dict
 from ltray.errors import CheckpointError
-from ltray.eval.knn import knn_monitor
 from ltray.storage import Storage
 from ltray.tracking.journal import TRAINING_FILE, TrialJournal
-from ltray.train import distributed as dist_utils
 from ltray.train.checkpoint import latest_checkpoint
+from ltray.train.monitor import knn_monitor
 
 RESUME_KEY = "resumed_at_epoch"
 ARTIFACT_FOLDER = "train"
@@ -166,11 +166,11 @@ def restore_from_ray(trainer: Any) -> bool:
 
 
 def shard_pool_embedder(trainer: Any) -> Any:
-    """COLT's pool embedder of this worker: its shard of the trainer's `colt_pool` dataset (ltray.pools.shard_embed).
+    """COLT's pool embedder of this worker: its shard of the trainer's `colt_pool` dataset (ltray.train.shard_embed).
     Every worker calls this once, together (Ray Train sets up the split on the first call)."""
     import ray.train
 
-    from ltray.pools.shard_embed import POOL_DATASET, DatasetShardEmbedder
+    from ltray.train.shard_embed import POOL_DATASET, DatasetShardEmbedder
 
     pool = trainer.train_data.pool_images
     return DatasetShardEmbedder(ray.train.get_dataset_shard(POOL_DATASET), pool.shape[1:], len(pool))
@@ -260,7 +260,7 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, journal: T
     The run folder is `settings.storage_path/run_name`; with `tune_reports` (the run is a Tune trial's training)
     the per-epoch metrics also reach Tune (not for MAK's feature extractor, whose epochs are not the trial's).
     A COLT run with an array pool also gets the pool as the Ray Dataset `colt_pool`, which the workers embed in
-    shards at each resample (`ltray.pools.shard_embed`). With `settings.workers == 0` the run trains in this
+    shards at each resample (`ltray.train.shard_embed`). With `settings.workers == 0` the run trains in this
     process instead (`fit_in_process`).
     """
     if settings.workers == 0:
@@ -276,7 +276,7 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, journal: T
         wait_for_resources,
     )
     from ltray.cluster.runtime import use_fast_train_reports
-    from ltray.pools.shard_embed import POOL_DATASET
+    from ltray.train.shard_embed import POOL_DATASET
 
     use_fast_train_reports()
     wait_for_resources({"CPU": settings.workers * settings.cpus_per_worker,

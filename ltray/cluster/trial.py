@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from ltray.cluster.grid import Trial
-from ltray.cluster.summary import probe_title
 from ltray.cluster.train_worker import InProcessResult, TrainSettings, fit_training
 from ltray.config import Config, config_from_dict
 from ltray.errors import CheckpointError, LtrayError
+from ltray.eval.summary import probe_title
 from ltray.storage import Storage
 from ltray.tracking.journal import TRIAL_FILE, JournalUploader, TrialJournal, journal_folder
 from ltray.tracking.runs import TAG_CONFIG_KEY, flatten_report, standard_tags
@@ -73,7 +73,7 @@ class TrialContext:
 
 def trial_tags(cfg: Config, trial: Trial, commit: str | None = None) -> dict[str, str]:
     """The MLflow tags of a trial's run (method, split, dataset, git commit, reference-backed, configuration)."""
-    from ltray.methods.registry import parse_method
+    from ltray.method_names import parse_method
 
     tags = standard_tags(
         method=cfg.method.name, split=str(cfg.data.split), dataset=cfg.data.dataset,
@@ -140,7 +140,7 @@ def mak_pool_folder(cfg: Config, sweep_dir: Path) -> Path:
     """The pool folder of a MAK trial: `method.mak.pool` as given, or for `embedded` the sweep's
     `mak_pool_<size>`, imported once. Trials may race: each imports into its own hidden folder and renames it into
     place; a trial that finds the pool already there (another trial renamed first) keeps that one."""
-    from ltray.pools.store import import_pool, is_pool_folder
+    from ltray.data.pool_store import import_pool, is_pool_folder
 
     k = cfg.method.mak
     if k.pool != "embedded":
@@ -200,8 +200,8 @@ def mak_selection(cfg: Config, trial: Trial, settings: TrainSettings,
     """The trial's MAK selection folder `<sweep>/mak/<trial>`: reused when complete, else made by training the
     extractor (resumed from its own checkpoints if it ran before) and running `mak_sample` on its final
     checkpoint, with scoring actors of `MAK_SCORING_CPUS` CPUs (and a worker's GPU share) each."""
+    from ltray.data.selection import MANIFEST_NAME, read_selection_manifest
     from ltray.pools.mak_job import MakParams, mak_sample
-    from ltray.pools.selection import MANIFEST_NAME, read_selection_manifest
 
     sweep_dir = sweep_folder(settings)
     out = sweep_dir / MAK_FOLDER / trial.name
@@ -237,8 +237,8 @@ def journal_mak_selection(journal: TrialJournal, selection: Path) -> None:
     figures as metrics (`mak_selected`, mean ECLE and distance of the pool and of the selection)."""
     import numpy as np
 
+    from ltray.data.selection import MANIFEST_NAME, TABLE_NAME, read_selection_manifest
     from ltray.pools.mak_job import HISTOGRAMS, SCORES_FILE
-    from ltray.pools.selection import MANIFEST_NAME, TABLE_NAME, read_selection_manifest
 
     positions = np.asarray(read_selection_manifest(selection)["positions"], dtype=np.int64)
     with np.load(selection / SCORES_FILE) as scores:
@@ -263,7 +263,7 @@ def run_trial(param: dict[str, Any], context: TrialContext) -> None:
     import ray
     import ray.tune
 
-    from ltray.methods.registry import parse_method
+    from ltray.method_names import parse_method
 
     trial = context.trial(str(param["trial"]))
     cfg = config_from_dict(trial.config)

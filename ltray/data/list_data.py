@@ -480,8 +480,8 @@ def _checked_source(items: ItemList, root: Path, name: str) -> ImageListSource:
 def _pool_source(cfg: Config, root: Path) -> tuple[ImageListSource | None, np.ndarray]:
     """COLT's pool (`method.colt.pool=list`, all positions selectable) or MAK's extra data (a text list, or a
     selection folder holding its `selected_list.txt`; all of it active)."""
-    from ltray.methods.registry import parse_method
-    from ltray.pools.selection import LIST_NAME
+    from ltray.data.selection import LIST_NAME
+    from ltray.method_names import parse_method
 
     c = cfg.method.colt
     if parse_method(cfg.method.name).has("colt"):

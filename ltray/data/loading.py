@@ -109,7 +109,7 @@ def load_pool(cfg: Config, image_size: int) -> ArraySource:
     if c.pool == "parquet":
         if not c.pool_path:
             raise ConfigError("method.colt.pool_path is required for a parquet pool")
-        from ltray.pools.store import read_pool_arrays
+        from ltray.data.pool_store import read_pool_arrays
 
         return read_pool_arrays(c.pool_path)
     raise ConfigError(f"method.colt.pool={c.pool} is not an array pool")
@@ -117,13 +117,13 @@ def load_pool(cfg: Config, image_size: int) -> ArraySource:
 
 def load_extra_data(path: str) -> tuple[ArraySource, np.ndarray]:
     """A MAK selection (`ltray mak sample` output): the pool it indexes and the selected positions."""
-    from ltray.pools.selection import read_selection
+    from ltray.data.selection import read_selection
 
     return read_selection(path)
 
 
 def load_run_data(cfg: Config) -> RunData:
-    from ltray.methods.registry import parse_method
+    from ltray.method_names import parse_method
 
     if cfg.data.dataset in LIST_DATASETS:
         from ltray.data.list_data import load_list_run_data

@@ -11,6 +11,8 @@ Accuracies and differences are in % (points).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +21,26 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ltray.tracking.artifacts import save_png
-from ltray.tracking.sync import SWEEP_FIGURES
-
-COMPARISON_PNG, PER_CLASS_ALL_PNG = SWEEP_FIGURES
+COMPARISON_PNG, PER_CLASS_ALL_PNG = "comparison.png", "per_class_all.png"
+SWEEP_FIGURES = (COMPARISON_PNG, PER_CLASS_ALL_PNG)  # attached to the parent run by `ltray.tracking.sync`
 HEADLINE = (("all", "All"), ("many", "Many"), ("medium", "Medium"), ("few", "Few"))
 PAIRED = (("all", "All"), ("few", "Few"))
 COUNT_BINS = 8
+
+
+def save_png(figure: Figure, path: Path) -> Path:
+    """Write the figure as PNG via a temporary name in the same folder, then move it into place (an existing file
+    is replaced only by a complete one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(handle)
+    try:
+        figure.savefig(temporary, format="png")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
 
 
 @dataclass

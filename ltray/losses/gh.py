@@ -10,9 +10,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ltray.common.state import IndexedEMA
 from ltray.errors import CheckpointError, ConfigError
 from ltray.losses.sinkhorn import sinkhorn_knopp
-from ltray.train.state import IndexedEMA
 
 RefreshMode = Literal["iteration", "epoch_end"]
 REFRESH_MODES: tuple[str, ...] = ("iteration", "epoch_end")

@@ -49,7 +49,7 @@ class EpochContext:
     """What epoch hooks may read or change: the model, the training data and embedding functions.
 
     `embed` embeds the given images in this process. `embed_pool` embeds the whole pool, spread over the ranks
-    (or, on Ray Train, over the workers' shards of the pool dataset; `ltray.pools.shard_embed`).
+    (or, on Ray Train, over the workers' shards of the pool dataset; `ltray.train.shard_embed`).
     """
 
     epoch: int

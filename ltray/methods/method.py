@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from ltray.losses.ntxent import ntxent_anchor_losses, per_image
+from ltray.method_names import MethodSpec, parse_method
 from ltray.methods import components  # noqa: F401  (registers the components)
 from ltray.methods.base import Component, EpochContext, Step
-from ltray.methods.registry import COMPONENTS, MethodSpec, parse_method
+from ltray.methods.registry import COMPONENTS
 
 if TYPE_CHECKING:
     from ltray.config import Config

@@ -1,6 +1,17 @@
-"""Unlabeled image pools: Parquet storage (`store`), Ray Data scoring (`scoring`), MAK sampling end to end
-(`mak_job`) and the selections it writes for pre-training's `data.extra_data` (`selection`)."""
+"""Unlabeled image pools: Ray Data scoring (`scoring`) and MAK sampling end to end (`mak_job`). The pools' Parquet
+storage (`ltray.data.pool_store`) and the selections MAK writes for pre-training's `data.extra_data`
+(`ltray.data.selection`) are data-layer modules, since pre-training reads both; their main names are re-exported
+here."""
 
+from ltray.data.pool_store import (
+    PoolInfo,
+    import_pool,
+    open_pool_dataset,
+    read_pool_arrays,
+    read_pool_info,
+    show_pool,
+)
+from ltray.data.selection import read_selection
 from ltray.pools.scoring import (
     CheckpointModel,
     ModelRecipe,
@@ -11,15 +22,6 @@ from ltray.pools.scoring import (
     read_scores,
     score_arrays,
     score_pool,
-)
-from ltray.pools.selection import read_selection
-from ltray.pools.store import (
-    PoolInfo,
-    import_pool,
-    open_pool_dataset,
-    read_pool_arrays,
-    read_pool_info,
-    show_pool,
 )
 
 __all__ = [

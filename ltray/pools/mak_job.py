@@ -5,7 +5,7 @@ on Imbalanced Seed Data via Open-World Sampling", NeurIPS 2021; docs/math/mak.md
    (c) R augmented passes over the pool (one SimCLR training view each).
 2. ECLE tailness (§3), proximity to the ID k-means centres (§4), score, core set and K-center greedy (§5–§6), all
    from `ltray.select.mak`.
-3. The selection folder (`ltray.pools.selection`, §7), written atomically and never overwritten, and optionally an
+3. The selection folder (`ltray.data.selection`, §7), written atomically and never overwritten, and optionally an
    MLflow run with the parameters and score histograms.
 
 Embeddings, ECLE and distances are cached under a hash of their inputs and parameters (§9) in
@@ -30,6 +30,16 @@ import numpy as np
 import torch
 
 from ltray.config import Config
+from ltray.data.pool_store import file_sha256, read_pool_arrays, read_pool_info, read_pool_items, verify_pool
+from ltray.data.selection import (
+    LIST_NAME,
+    MANIFEST_NAME,
+    SELECTION_FORMAT,
+    TABLE_NAME,
+    selected_list,
+    selection_table,
+    write_selection_folder,
+)
 from ltray.errors import ConfigError, DataError
 from ltray.pools.scoring import (
     CheckpointModel,
@@ -42,16 +52,6 @@ from ltray.pools.scoring import (
     score_arrays,
     score_pool,
 )
-from ltray.pools.selection import (
-    LIST_NAME,
-    MANIFEST_NAME,
-    SELECTION_FORMAT,
-    TABLE_NAME,
-    selected_list,
-    selection_table,
-    write_selection_folder,
-)
-from ltray.pools.store import file_sha256, read_pool_arrays, read_pool_info, read_pool_items, verify_pool
 from ltray.select.kmeans import backend_name
 from ltray.select.mak import ecle, mak_run_name, mak_scores, mak_select, proximity
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import tempfile
 import time
@@ -20,9 +19,10 @@ from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
-from ltray.cluster.summary import sweep_markdown, sweep_title
 from ltray.errors import DataError, LtrayError
+from ltray.eval.figures import save_png
 from ltray.eval.metrics import GROUP_NAMES, RunSummary, SummaryRow, summarize_runs, summary_metrics, write_summary_csv
+from ltray.eval.summary import sweep_markdown, sweep_title
 from ltray.tracking.runs import (
     ROLE_PARENT,
     TAG_CONFIG_KEY,
@@ -119,21 +119,6 @@ def plot_per_class(
     if title:
         axes.set_title(title, fontsize="medium")
     return save_png(figure, Path(path))
-
-
-def save_png(figure: Figure, path: Path) -> Path:
-    """Write the figure as PNG via a temporary name in the same folder, then move it into place (an existing file
-    is replaced only by a complete one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(handle)
-    try:
-        figure.savefig(temporary, format="png")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_run_artifacts(
@@ -298,7 +283,7 @@ def find_sweep_parent(client: MlflowClient, sweep_name: str) -> Run:
 
 def fetch_sweep_summary(tracking_uri: str, sweep_name: str) -> str:
     """Rebuild a sweep's summary from its parent and child runs (`ltray report --sweep`): the very Markdown the
-    sweep printed and attached (`ltray.cluster.summary.sweep_markdown`), mean ± std over splits for every figure."""
+    sweep printed and attached (`ltray.eval.summary.sweep_markdown`), mean ± std over splits for every figure."""
     if tracking_uri.lower().startswith("sqlite:") and not sqlite_path(tracking_uri).is_file():
         raise LtrayError(f"no MLflow store at {sqlite_path(tracking_uri)}; pass the tracking URI the sweep used")
     check_tracking_reachable(tracking_uri)

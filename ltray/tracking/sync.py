@@ -26,6 +26,7 @@ from ltray.tracking.journal import (
     RETRY_MAX_S,
     TRIAL_FILE,
     JournalUploader,
+    JournalView,
     TrackingUnavailable,
     TrialJournal,
     echo_line,
@@ -33,7 +34,6 @@ from ltray.tracking.journal import (
 )
 
 SWEEP_RECORD = "sweep.json"
-SWEEP_FIGURES = ("comparison.png", "per_class_all.png")  # written by the sweep's summary (ltray.eval.figures)
 WAIT_ENV = "LTRAY_TRACKING_WAIT_S"
 DEFAULT_WAIT_S = 60.0
 
@@ -83,14 +83,22 @@ def trial_journals(sweep_dir: Storage, grid: Mapping[str, str]) -> dict[str, Tri
     return {trial: TrialJournal(journal_folder(sweep_dir, trial)) for trial in grid}
 
 
-def journal_summary_rows(sweep_dir: Storage, grid: Mapping[str, str]) -> list[Any]:
-    """The sweep's summary rows from its journals: a trial counts when its latest start FINISHED with its final
-    figures; every other trial of the grid is listed as missing."""
+def journal_views(sweep_dir: Storage, grid: Mapping[str, str]) -> dict[str, JournalView]:
+    """Every trial's journal read once (on URI storage each read is a GET per journal file)."""
+    return {trial: journal.view() for trial, journal in trial_journals(sweep_dir, grid).items()}
+
+
+def journal_summary_rows(sweep_dir: Storage, grid: Mapping[str, str],
+                         views: Mapping[str, JournalView] | None = None) -> list[Any]:
+    """The sweep's summary rows from its journals (`views`: as read by `journal_views`, else read here): a trial
+    counts when its latest start FINISHED with its final figures; every other trial of the grid is listed as
+    missing."""
     from ltray.tracking.artifacts import summary_rows
 
+    views = journal_views(sweep_dir, grid) if views is None else views
     reports: dict[str, dict[str, Mapping[str, object] | None]] = {}
-    for trial, journal in trial_journals(sweep_dir, grid).items():
-        figures = journal.view().final_figures
+    for trial in grid:
+        figures = views[trial].final_figures
         reports.setdefault(grid[trial], {})[trial] = None if figures is None else {"run": trial, **figures}
     return summary_rows(reports)
 
@@ -125,6 +133,7 @@ def _sync_parent(sweep_dir: Storage, record: SweepRecord, tracking_uri: str, mar
 
     from mlflow.tracking import MlflowClient
 
+    from ltray.eval.figures import SWEEP_FIGURES
     from ltray.tracking.artifacts import log_sweep_summary, sweep_summary_metrics
 
     client = MlflowClient(tracking_uri)

@@ -13,8 +13,8 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from ltray.common import distributed as dist_utils
 from ltray.errors import CheckpointError, torch_load_reason
-from ltray.train import distributed as dist_utils
 
 FORMAT = "ltray-checkpoint-v1"
 _EPOCH_FILE = re.compile(r"^epoch_(\d{4,})\.pt$")

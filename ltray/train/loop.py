@@ -24,18 +24,17 @@ import torch.nn as nn
 from torch.utils.data import DistributedSampler
 
 from ltray.augment.batched import SimCLRViews
+from ltray.common import distributed as dist_utils
 from ltray.config import Config, config_from_dict
 from ltray.data.list_data import ListViewLoader
 from ltray.data.loading import RunData, load_run_data
 from ltray.data.train_data import TrainData
 from ltray.errors import CheckpointError, ConfigError, TrainingDiverged
 from ltray.losses.gh import gh_two_stage_lr
+from ltray.method_names import parse_method
 from ltray.methods.base import EpochContext, Step
 from ltray.methods.method import Method, build_method
-from ltray.methods.registry import parse_method
 from ltray.models.contrastive import ContrastiveModel, build_model
-from ltray.pools.shard_embed import PoolEmbedder, default_pool_embedder
-from ltray.train import distributed as dist_utils
 from ltray.train.checkpoint import (
     checkpoint_name,
     gather_rng_states,
@@ -45,6 +44,7 @@ from ltray.train.checkpoint import (
     save_checkpoint,
 )
 from ltray.train.optim import build_optimizer, iteration_lr, set_lr
+from ltray.train.shard_embed import PoolEmbedder, default_pool_embedder
 
 METRICS_FILE = "metrics.jsonl"  # one JSON line of metrics per epoch, in the run folder
 
@@ -144,7 +144,7 @@ def embed_images(model: ContrastiveModel, images: np.ndarray, device: torch.devi
 class Pretrainer:
     """Owns one pre-training run: model, optimiser, method state, data, checkpoints."""
 
-    # COLT's whole-pool embedding (`ltray.pools.shard_embed`); None: the ranks share the pool array. A Ray Train
+    # COLT's whole-pool embedding (`ltray.train.shard_embed`); None: the ranks share the pool array. A Ray Train
     # worker sets it to embed its shard of the pool dataset.
     pool_embedder: PoolEmbedder | None = None
 
@@ -424,7 +424,7 @@ def pretrain(cfg: Config, *, resume: bool = False, reporter: EpochReporter | Non
         (cfg.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     monitor = None
     if cfg.eval.knn_every > 0:
-        from ltray.eval.knn import knn_monitor
+        from ltray.train.monitor import knn_monitor
 
         monitor = knn_monitor(trainer.data, cfg.eval.knn_every, cfg.eval.knn_k, cfg.data.loader_workers)
     return trainer.run(monitor)

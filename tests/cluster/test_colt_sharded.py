@@ -1,4 +1,4 @@
-"""COLT's pool embedding spread over workers (docs/math/colt.md §2, §4; ltray.pools.shard_embed): rows embedded in
+"""COLT's pool embedding spread over workers (docs/math/colt.md §2, §4; ltray.train.shard_embed): rows embedded in
 batches fixed by pool index have the same bits whichever rows share their batch, the gather by index keeps every
 index exactly once, and a 2-worker Ray Train run that embeds its Ray Data shards picks what one process picks from
 the same model state."""
@@ -18,9 +18,9 @@ import torch.multiprocessing as mp
 from ltray.config import load_config
 from ltray.data.embedded import embedded_pool
 from ltray.models.contrastive import build_model
-from ltray.pools.shard_embed import ArrayPoolEmbedder, PoolShardError, embed_rows, merge_by_index
 from ltray.train.checkpoint import checkpoint_name, load_checkpoint
 from ltray.train.loop import Pretrainer, embed_images
+from ltray.train.shard_embed import ArrayPoolEmbedder, PoolShardError, embed_rows, merge_by_index
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
@@ -128,8 +128,8 @@ def test_every_array_pool_becomes_a_dataset_of_index_and_image_rows(connected, t
     import ray
 
     from ltray.cluster.pool_dataset import colt_pool_dataset
-    from ltray.pools.shard_embed import IMAGE
-    from ltray.pools.store import images_from_column, import_pool
+    from ltray.data.pool_store import images_from_column, import_pool
+    from ltray.train.shard_embed import IMAGE
 
     images = embedded_pool(n=600).images
     np.save(tmp_path / "pool.npy", images)

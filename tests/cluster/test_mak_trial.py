@@ -14,9 +14,9 @@ from ltray.cluster.grid import Trial, expand_trials, key_applies, load_sweep_spe
 from ltray.cluster.train_worker import TrainSettings
 from ltray.cluster.trial import MAK_FOLDER, extractor_config, mak_pool_folder, mak_selection
 from ltray.config import load_config
+from ltray.data.pool_store import is_pool_folder, read_pool_info
+from ltray.data.selection import SELECTION_FORMAT
 from ltray.errors import ConfigError
-from ltray.pools.selection import SELECTION_FORMAT
-from ltray.pools.store import is_pool_folder, read_pool_info
 from ltray.tracking.runs import TAG_FINAL_KEYS, TAG_ROLE, TAG_SWEEP
 from ltray.tracking.store import sqlite_uri
 

@@ -389,9 +389,9 @@ def test_mak_sample_on_an_image_list_selects_from_a_list_pool(tmp_path: Path, im
     the ID list with the inference transform, the pool is a list imported at the ID image size, and the selection
     (with its list file) feeds a retraining run through `data.extra_data`."""
     from ltray.data.list_data import LIST_IMAGE_SIZE
+    from ltray.data.pool_store import import_pool
+    from ltray.data.selection import MANIFEST_NAME
     from ltray.pools.mak_job import MakParams, mak_sample
-    from ltray.pools.selection import MANIFEST_NAME
-    from ltray.pools.store import import_pool
 
     cfg = list_config(tmp_path, image_folder, optim__epochs=1)
     checkpoint = pretrain(cfg).checkpoint

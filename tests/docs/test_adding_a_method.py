@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ltray import method_names
 from ltray.config import load_config
 from ltray.methods import registry
 from ltray.methods.base import Step
@@ -30,8 +31,8 @@ def example_source() -> str:
 def registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[type]:
     source = example_source().replace('@register("align")', f'@register("{TEST_NAME}")')
     assert TEST_NAME in source
-    monkeypatch.setattr(registry, "MODIFIERS", (*registry.MODIFIERS, TEST_NAME))
-    monkeypatch.setattr(registry, "ORDER", (*registry.ORDER, TEST_NAME))
+    monkeypatch.setattr(method_names, "MODIFIERS", (*method_names.MODIFIERS, TEST_NAME))
+    monkeypatch.setattr(method_names, "ORDER", (*method_names.ORDER, TEST_NAME))
     namespace: dict[str, object] = {"__name__": "doc_example"}
     exec(compile(source, str(PAGE), "exec"), namespace)
     try:
@@ -43,7 +44,7 @@ def registered(monkeypatch: pytest.MonkeyPatch) -> Iterator[type]:
 def test_the_example_component_trains_one_step(registered: type) -> None:
     torch.manual_seed(0)
     cfg = load_config(None, {"method.name": f"simclr+{TEST_NAME}", "model.width": 0.125})
-    assert registry.parse_method(cfg.method.name).has(TEST_NAME)
+    assert method_names.parse_method(cfg.method.name).has(TEST_NAME)
     method = build_method(cfg, dataset_size=8, device=torch.device("cpu"))
     assert any(isinstance(part, registered) for part in method.parts)
     model = build_model(cfg.model.arch, width=cfg.model.width)

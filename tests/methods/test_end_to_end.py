@@ -17,7 +17,7 @@ import torch
 from ltray.config import Config, load_config
 from ltray.data.loading import load_run_data
 from ltray.evaluate import evaluate_backbone, format_report, model_from_checkpoint
-from ltray.methods.registry import parse_method
+from ltray.method_names import parse_method
 from ltray.train.loop import pretrain
 
 pytestmark = pytest.mark.slow

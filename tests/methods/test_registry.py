@@ -9,9 +9,10 @@ import torch
 
 from ltray.config import load_config
 from ltray.errors import ConfigError
+from ltray.method_names import MODIFIERS, ORDER, parse_method
 from ltray.methods.base import Step
 from ltray.methods.method import build_method
-from ltray.methods.registry import COMPONENTS, MODIFIERS, ORDER, parse_method, register
+from ltray.methods.registry import COMPONENTS, register
 
 # The combinations the references run (docs/math/README.md "Method composition"; bcl.md §7; sdclr.md §7).
 REFERENCE_COMBINATIONS = {

@@ -13,12 +13,13 @@ import torch
 from ltray.cli import main as cli_main
 from ltray.config import Config, load_config
 from ltray.data.loading import load_run_data
+from ltray.data.pool_store import import_pool, read_pool_arrays
+from ltray.data.selection import read_selection
 from ltray.errors import ConfigError, DataError, LtrayError
+from ltray.eval.rows import ScoringSpec
 from ltray.evaluate import model_from_checkpoint
 from ltray.pools.mak_job import MakParams, mak_sample
-from ltray.pools.scoring import ScoringSpec, embed_pool
-from ltray.pools.selection import read_selection
-from ltray.pools.store import import_pool, read_pool_arrays
+from ltray.pools.scoring import embed_pool
 from ltray.select.mak import ecle, mak_run_name, mak_select, proximity
 from ltray.train.loop import Pretrainer
 

@@ -15,23 +15,21 @@ import torch.nn.functional as F
 
 from ltray.augment.batched import SimCLRViews
 from ltray.config import load_config
+from ltray.data.pool_store import import_pool, read_pool_arrays
 from ltray.errors import ConfigError, DataError
+from ltray.eval.rows import ScoringSpec, aug_column, score_rows
 from ltray.models.contrastive import ContrastiveModel
 from ltray.pools.scoring import (
     CheckpointModel,
     ModelRecipe,
-    ScoringSpec,
     StateDictModel,
-    aug_column,
     block_rows,
     embed_pool,
     load_scoring_model,
     read_scores,
     score_pool,
-    score_rows,
     state_dict_model,
 )
-from ltray.pools.store import import_pool, read_pool_arrays
 from ltray.train.checkpoint import save_checkpoint
 
 RECIPE = ModelRecipe("resnet18_cifar", width=0.125)

@@ -10,9 +10,9 @@ from matplotlib.image import imread
 from mlflow.tracking import MlflowClient
 
 from ltray.cli import main
-from ltray.cluster.summary import sweep_markdown, sweep_title
 from ltray.errors import DataError, LtrayError
 from ltray.eval.metrics import format_summary_table, summarize_runs
+from ltray.eval.summary import sweep_markdown, sweep_title
 from ltray.tracking.artifacts import (
     fetch_sweep_summary,
     log_sweep_summary,

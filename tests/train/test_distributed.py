@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ltray.common import distributed as dist_utils
+from ltray.common.state import IndexedEMA
 from ltray.config import Config, load_config
 from ltray.data.loading import RunData
 from ltray.data.sources import ArraySource
@@ -30,9 +32,7 @@ from ltray.methods.base import EpochContext, Step
 from ltray.methods.method import build_method
 from ltray.models.contrastive import build_model
 from ltray.models.pruning import refresh_masks
-from ltray.train import distributed as dist_utils
 from ltray.train.loop import Pretrainer, _unwrap, _wrap_distributed
-from ltray.train.state import IndexedEMA
 
 WORLD = 2
 BATCH = 8  # global batch: 4 images per rank

@@ -7,10 +7,10 @@ from typing import Any, Callable
 import torch
 
 from ltray.augment.randaugment import BCLWeights, RandAugmentProb, check_weights_version
+from ltray.common.state import IndexedEMA
 from ltray.errors import TrainingDiverged
 from ltray.methods.base import Component, EpochContext, Step
 from ltray.methods.registry import register
-from ltray.train.state import IndexedEMA
 
 
 def memorisation_weights(momentum: torch.Tensor) -> torch.Tensor:

@@ -8,13 +8,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ltray.common import distributed as dist_utils
+from ltray.common.state import IndexedEMA
 from ltray.losses.supcon import domain_supcon
 from ltray.losses.tailness import colt_instant_tailness
 from ltray.methods.base import Component, EpochContext, Step, Term
 from ltray.methods.registry import register
 from ltray.select.colt import colt_select, is_resample_epoch, validate_colt_config
-from ltray.train import distributed as dist_utils
-from ltray.train.state import IndexedEMA
 
 
 @register("colt")

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ltray.common import distributed as dist_utils
 from ltray.errors import TrainingDiverged
 from ltray.methods.base import Component, EpochContext
 from ltray.methods.registry import register
 from ltray.models.pruning import mask_checksum, prunable_convs, refresh_masks
-from ltray.train import distributed as dist_utils
 
 if TYPE_CHECKING:
     from ltray.config import Config

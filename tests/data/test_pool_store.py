@@ -1,4 +1,4 @@
-"""Pool import, storage and reading (ltray/pools/store.py): every source kind, exact round trips, rejected inputs,
+"""Pool import, storage and reading (ltray/data/pool_store.py): every source kind, exact round trips, rejected inputs,
 atomic and non-destructive writes."""
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from PIL import Image
 
 from ltray.cli import main as cli_main
 from ltray.data.embedded import embedded_pool
-from ltray.errors import ConfigError, DataError
-from ltray.pools.store import (
+from ltray.data.pool_store import (
     MANIFEST,
     import_pool,
     read_pool_arrays,
@@ -23,6 +22,7 @@ from ltray.pools.store import (
     resize_centre_crop,
     show_pool,
 )
+from ltray.errors import ConfigError, DataError
 
 
 def _random_images(count: int, height: int = 4, width: int = 5, seed: int = 0) -> np.ndarray:

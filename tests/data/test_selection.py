@@ -1,4 +1,4 @@
-"""MAK selections on disk (ltray/pools/selection.py): reading, validation, the files' formats, and the pre-training
+"""MAK selections on disk (ltray/data/selection.py): reading, validation, the files' formats, and the pre-training
 loader's `data.extra_data` (docs/math/mak.md §7)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 from ltray.config import load_config
 from ltray.data.lists import read_text_list
 from ltray.data.loading import load_run_data
-from ltray.errors import DataError
-from ltray.pools.selection import (
+from ltray.data.pool_store import import_pool, read_pool_info
+from ltray.data.selection import (
     MANIFEST_NAME,
     SELECTION_FORMAT,
     read_selection,
@@ -22,7 +22,7 @@ from ltray.pools.selection import (
     selection_table,
     write_selection_folder,
 )
-from ltray.pools.store import import_pool, read_pool_info
+from ltray.errors import DataError
 
 
 def _pool(tmp_path: Path, count: int = 12, seed: int = 0, name: str = "pool") -> Path:

@@ -1,4 +1,4 @@
-"""The kNN epoch monitor (`ltray.eval.knn.knn_monitor`), used by `ltray pretrain` and the Ray Train workers."""
+"""The kNN epoch monitor (`ltray.train.monitor.knn_monitor`), used by `ltray pretrain` and the Ray Train workers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 
 from ltray.config import load_config
 from ltray.data.loading import load_run_data
-from ltray.eval.knn import knn_monitor
 from ltray.models.contrastive import build_model
+from ltray.train.monitor import knn_monitor
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from ltray.data.pool_store import read_pool_arrays, read_pool_info
 from ltray.data.sources import ArraySource
 from ltray.errors import DataError
-from ltray.pools.store import read_pool_arrays, read_pool_info
 
 SELECTION_FORMAT = "ltray-mak-selection-v1"
 MANIFEST_NAME = "selection.json"

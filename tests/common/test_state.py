@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ltray.train.state import IndexedEMA, first_occurrence
+from ltray.common.state import IndexedEMA, first_occurrence
 
 
 def test_first_occurrence_keeps_the_first_of_every_value() -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ltray.cluster.summary import comparison_rows, probe_of, probe_rows, probe_title, sweep_markdown
 from ltray.eval.metrics import summarize_runs
+from ltray.eval.summary import comparison_rows, probe_of, probe_rows, probe_title, sweep_markdown
 
 
 def _rows():

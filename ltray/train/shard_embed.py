@@ -12,9 +12,10 @@ head output, as `ltray.train.loop.embed_images`), and the selection runs once, o
 
 Each row's embedding is computed in a model batch of `EMBED_BATCH` rows fixed by its pool index: rows with index in
 [gB, (g+1)B) form batch g, each at slot index − gB, and the slots no local row fills are zero padding
-(`ltray.pools.scoring.score_rows`). Eval-mode rows do not interact, so a row's embedding has the same bits whichever
-worker embeds it and whichever other rows share its batch, and the selection equals a single process's. The rows are
-then gathered to rank 0 by pool index (`merge_by_index`): sorted, duplicates dropped, every index exactly once.
+(`ltray.eval.rows.score_rows`, shared with pool scoring). Eval-mode rows do not interact, so a row's embedding has
+the same bits whichever worker embeds it and whichever other rows share its batch, and the selection equals a single
+process's. The rows are then gathered to rank 0 by pool index (`merge_by_index`): sorted, duplicates dropped, every
+index exactly once.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ltray.common import distributed as dist_utils
+from ltray.data.pool_store import images_from_column
 from ltray.errors import ConfigError, DataError
-from ltray.pools.scoring import INDEX, PROJECTION, ScoringSpec, score_rows
-from ltray.pools.store import images_from_column
-from ltray.train import distributed as dist_utils
+from ltray.eval.rows import INDEX, PROJECTION, ScoringSpec, score_rows
 
 if TYPE_CHECKING:
     from ltray.models.contrastive import ContrastiveModel

@@ -11,8 +11,9 @@ import torch
 
 from ltray.data.list_data import source_features
 from ltray.data.loading import load_run_data
-from ltray.eval.knn import knn_accuracy, knn_monitor
+from ltray.eval.knn import knn_accuracy
 from ltray.models.contrastive import build_model
+from ltray.train.monitor import knn_monitor
 from tests.data.test_list_data import image_folder, list_config  # noqa: F401  (image_folder is a fixture)
 
 
