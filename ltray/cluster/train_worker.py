@@ -1,4 +1,4 @@
-"""One pre-training run on Ray Train: a `TorchTrainer` whose workers each run the single-process `Pretrainer`.
+"""One pre-training run on Ray Train: a `TorchTrainer` whose workers each run the single-process `TrainingRun`.
 
 Ray Train starts the workers and the torch process group (gloo on CPU, NCCL on GPU); `Pretrainer` then does SyncBN,
 DDP, the distributed sampler, the all-gather with gradient and the world-size loss scaling (docs/math/README.md,
@@ -27,7 +27,7 @@ from ltray.errors import CheckpointError
 from ltray.storage import Storage
 from ltray.tracking.journal import TRAINING_FILE, TrialJournal
 from ltray.train.checkpoint import latest_checkpoint
-from ltray.train.monitor import knn_monitor
+from ltray.train.loop import TrainingRun
 
 RESUME_KEY = "resumed_at_epoch"
 ARTIFACT_FOLDER = "train"
@@ -150,55 +150,47 @@ class RunMirror:
         return ray.train.Checkpoint(self.checkpoints.fs_path, filesystem=self.checkpoints.filesystem)
 
 
-def restore_from_ray(trainer: Any) -> bool:
-    """Load the checkpoint Ray Train hands this worker (after a failure or a resumed sweep), if any."""
+def restore_from_ray(run: TrainingRun) -> int | None:
+    """Resume `run` from the checkpoint Ray Train hands this worker (after a failure or a resumed sweep), if any;
+    returns the epoch it holds."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return False
+        return None
     with checkpoint.as_directory() as folder:
         path = latest_checkpoint(Path(folder))
         if path is None:
             raise CheckpointError(f"the Ray checkpoint {checkpoint.path} holds no ltray checkpoint file")
-        trainer.resume_from(path)
-    return True
+        return run.resume(path)
 
 
-def shard_pool_embedder(trainer: Any) -> Any:
-    """COLT's pool embedder of this worker: its shard of the trainer's `colt_pool` dataset (ltray.train.shard_embed).
+def shard_pool_embedder(train_data: Any) -> Any:
+    """COLT's pool embedder of this worker: its shard of the run's `colt_pool` dataset (ltray.train.shard_embed).
     Every worker calls this once, together (Ray Train sets up the split on the first call)."""
     import ray.train
 
     from ltray.train.shard_embed import POOL_DATASET, DatasetShardEmbedder
 
-    pool = trainer.train_data.pool_images
+    pool = train_data.pool_images
     return DatasetShardEmbedder(ray.train.get_dataset_shard(POOL_DATASET), pool.shape[1:], len(pool))
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train's per-worker function: rebuild the config, resume from Ray's checkpoint if there is one, train
-    with `Pretrainer`, report every epoch; kNN monitor every `knn_every` epochs (else `eval.knn_every`)."""
-    from ltray.train.loop import Pretrainer
-
+    (`TrainingRun`), report every epoch; kNN monitor every `knn_every` epochs (else `eval.knn_every`)."""
     workdir = Path(tempfile.mkdtemp(prefix="ltray-worker-"))
     try:
         cfg = config_from_dict(loop_config["config"]).replace({"run.output_dir": str(workdir), "run.progress": "off"})
         journal = loop_config.get("journal")
         logger = EpochLogger(TrialJournal(Storage(journal)) if journal else None, cfg.run_dir)
-        trainer = Pretrainer(cfg, reporter=logger)
-        if loop_config.get("colt_pool_dataset"):
-            trainer.pool_embedder = shard_pool_embedder(trainer)
-        resumed = restore_from_ray(trainer)
-        if resumed:
-            logger.log_resume(trainer.epoch)
-        if trainer.epoch >= cfg.optim.epochs:
-            return
-        knn_every = int(loop_config.get("knn_every") or cfg.eval.knn_every)
-        monitor = (
-            knn_monitor(trainer.data, knn_every, cfg.eval.knn_k, cfg.data.loader_workers) if knn_every > 0 else None
-        )
-        trainer.run(monitor=monitor)
+        run = TrainingRun(cfg, reporter=logger, knn_every=int(loop_config.get("knn_every") or 0),
+                          pool_embedder=shard_pool_embedder if loop_config.get("colt_pool_dataset") else None)
+        resumed_at = restore_from_ray(run)
+        if resumed_at is not None:
+            logger.log_resume(resumed_at)
+        if not run.finished:
+            run.run()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -233,19 +225,14 @@ def _fit_in_folder(cfg: Config, run_name: str, settings: TrainSettings, journal:
                    output_dir: str, mirror: RunMirror | None, tune_reports: bool) -> InProcessResult:
     import ray.train
 
-    from ltray.train.loop import Pretrainer
-
     run_cfg = cfg.replace({"run.output_dir": output_dir, "run.name": run_name, "run.progress": "off"})
     logger = EpochLogger(journal, run_cfg.run_dir, keep_checkpoints=settings.keep_checkpoints,
                          tune_reports=tune_reports, mirror=mirror)
-    trainer = Pretrainer(run_cfg, reporter=logger)
-    latest = mirror.restore(run_cfg.run_dir) if mirror is not None else latest_checkpoint(trainer.ckpt_dir)
+    run = TrainingRun(run_cfg, reporter=logger, knn_every=settings.knn_every)
+    latest = mirror.restore(run_cfg.run_dir) if mirror is not None else latest_checkpoint(run.checkpoint_dir)
     if latest is not None:
-        trainer.resume_from(latest)
-        logger.log_resume(trainer.epoch)
-    knn_every = settings.knn_every or cfg.eval.knn_every
-    monitor = knn_monitor(trainer.data, knn_every, cfg.eval.knn_k) if knn_every > 0 else None
-    result = trainer.run(monitor=monitor)
+        logger.log_resume(run.resume(latest))
+    result = run.run()
     metrics = dict(result.history[-1]) if result.history else {}
     if mirror is not None:
         mirror.push(run_cfg.run_dir)

@@ -142,13 +142,13 @@ def embed_images(model: ContrastiveModel, images: np.ndarray, device: torch.devi
 
 
 class Pretrainer:
-    """Owns one pre-training run: model, optimiser, method state, data, checkpoints."""
+    """Owns one pre-training run: model, optimiser, method state, data, checkpoints.
 
-    # COLT's whole-pool embedding (`ltray.train.shard_embed`); None: the ranks share the pool array. A Ray Train
-    # worker sets it to embed its shard of the pool dataset.
-    pool_embedder: PoolEmbedder | None = None
+    `pool_embedder` makes COLT's whole-pool embedding (`ltray.train.shard_embed`) from the training data; None: the
+    ranks share the pool array. A Ray Train worker passes one that embeds its shard of the pool dataset."""
 
-    def __init__(self, cfg: Config, data: RunData | None = None, reporter: EpochReporter | None = None) -> None:
+    def __init__(self, cfg: Config, data: RunData | None = None, reporter: EpochReporter | None = None,
+                 pool_embedder: Callable[[Any], PoolEmbedder] | None = None) -> None:
         self.cfg = cfg
         self.rank = dist_utils.rank()
         self.world = dist_utils.world_size()
@@ -190,6 +190,7 @@ class Pretrainer:
         self.history: list[dict[str, float]] = []
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.pool_embedder = pool_embedder(self.train_data) if pool_embedder is not None else None
 
     # ----- checkpoints -------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -409,22 +410,58 @@ def prepare_run_dir(cfg: Config, resume: bool) -> Path | None:
     return latest
 
 
+class TrainingRun:
+    """One pre-training run as every driver runs it: `ltray pretrain` (`pretrain`), a Ray Train worker and an
+    in-process sweep trial (`ltray.cluster.train_worker`). The drivers differ only in the collaborators they pass
+    (the epoch reporter, COLT's pool embedder, the kNN interval) and in where a checkpoint to resume comes from;
+    the trainer, the resume, the kNN monitor and the epochs are set up here."""
+
+    def __init__(self, cfg: Config, *, reporter: EpochReporter | None = None, data: RunData | None = None,
+                 pool_embedder: Callable[[Any], PoolEmbedder] | None = None, knn_every: int = 0) -> None:
+        self.cfg = cfg
+        self.trainer = Pretrainer(cfg, data=data, reporter=reporter, pool_embedder=pool_embedder)
+        self.knn_every = knn_every or cfg.eval.knn_every
+        self.resumed_from: Path | None = None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.trainer.ckpt_dir
+
+    @property
+    def finished(self) -> bool:
+        return self.trainer.epoch >= self.cfg.optim.epochs
+
+    def resume(self, path: Path) -> int:
+        """Continue from checkpoint `path` (`Pretrainer.resume_from`); returns the epoch it holds."""
+        self.trainer.resume_from(path)
+        self.resumed_from = path
+        return self.trainer.epoch
+
+    def run(self) -> PretrainResult:
+        """Train the remaining epochs (kNN monitor every `knn_every` epochs, else `eval.knn_every`); a run resumed
+        from its final checkpoint returns that checkpoint."""
+        if self.finished and self.resumed_from is not None:
+            return PretrainResult(self.trainer.run_dir, self.resumed_from, self.trainer.history)
+        monitor = None
+        if self.knn_every > 0:
+            from ltray.train.monitor import knn_monitor
+
+            monitor = knn_monitor(self.trainer.data, self.knn_every, self.cfg.eval.knn_k, self.cfg.data.loader_workers)
+        return self.trainer.run(monitor)
+
+
 def pretrain(cfg: Config, *, resume: bool = False, reporter: EpochReporter | None = None,
              data: RunData | None = None) -> PretrainResult:
-    """Pre-train one model from a validated config (single process, or one Ray Train worker)."""
+    """Pre-train one model from a validated config in this process (`ltray pretrain`): a run folder holding
+    checkpoints is continued only with `resume`."""
     latest = prepare_run_dir(cfg, resume) if dist_utils.rank() == 0 else None
-    trainer = Pretrainer(cfg, data=data, reporter=reporter)
+    run = TrainingRun(cfg, reporter=reporter, data=data)
     if resume:
-        path = latest or latest_checkpoint(trainer.ckpt_dir)
+        path = latest or latest_checkpoint(run.checkpoint_dir)
         if path is None:
-            raise CheckpointError(f"--resume given but {trainer.ckpt_dir} holds no checkpoint")
-        trainer.resume_from(path)
+            raise CheckpointError(f"--resume given but {run.checkpoint_dir} holds no checkpoint")
+        run.resume(path)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     if dist_utils.rank() == 0:
         (cfg.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    monitor = None
-    if cfg.eval.knn_every > 0:
-        from ltray.train.monitor import knn_monitor
-
-        monitor = knn_monitor(trainer.data, cfg.eval.knn_every, cfg.eval.knn_k, cfg.data.loader_workers)
-    return trainer.run(monitor)
+    return run.run()

@@ -25,9 +25,12 @@ EPOCHS = 6
 
 
 def _worker_pids() -> list[int]:
+    import ray
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    # the connected cluster's address: Ray would otherwise look for a cluster on the machine by itself
+    actors = list_actors(address=ray.get_runtime_context().gcs_address,
+                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     return sorted(int(actor.pid) for actor in actors if actor.pid)
 
 
