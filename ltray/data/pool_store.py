@@ -491,7 +491,7 @@ def open_pool_dataset(
     # fractional read tasks: on a small machine whose CPUs the training processes hold, whole-CPU readers would
     # wait for them (a silent stall)
     dataset = ray.data.read_parquet([str(p) for p in info.shard_paths], override_num_blocks=len(info.shards),
-                                    ray_remote_args={"num_cpus": READ_TASK_CPUS})
+                                    num_cpus=READ_TASK_CPUS)
     dataset = dataset.select_columns(columns or ["pool_index", "image"])
     if rows_per_block is not None:
         if rows_per_block < 1:

@@ -129,6 +129,7 @@ def plot_per_class_all(runs: Mapping[str, Sequence[RunFigures]], path: Path, *, 
     axes.set_ylabel("test accuracy (%)")
     axes.set_ylim(-2.0, 102.0)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(loc="best", fontsize="small")
+    if axes.get_legend_handles_labels()[0]:  # no run with per-class accuracy: an empty plot, no legend
+        axes.legend(loc="best", fontsize="small")
     axes.set_title(title)
     return save_png(figure, path)
