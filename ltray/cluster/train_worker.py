@@ -290,14 +290,13 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, journal: T
         datasets=None if pool is None else {POOL_DATASET: pool},
         dataset_config=PoolShardConfig.for_pool() if pool is not None else None,
         scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
-        # the ignores: `ray.train` re-exports Train V2's configs at run time, mypy reads its V1 definitions
-        run_config=RunConfig(  # type: ignore[call-arg]
+        run_config=RunConfig(
             name=run_name,
             storage_path=settings.storage_path,
-            failure_config=FailureConfig(max_failures=settings.max_failures,  # type: ignore[call-arg]
+            failure_config=FailureConfig(max_failures=settings.max_failures,
                                          controller_failure_limit=start_retries_within(resource_timeout_s())),
             checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
-            callbacks=callbacks,  # type: ignore[arg-type]
+            callbacks=callbacks,
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
