@@ -213,7 +213,7 @@ def two_nodes():
     reason = unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    cluster = start_two_node_cluster()
+    cluster = start_two_node_cluster(with_mlflow=True)
     try:
         cluster.tracking_uri = cluster.start_mlflow()
         yield cluster

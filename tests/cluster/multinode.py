@@ -141,6 +141,7 @@ class TwoNodeCluster:
     driver_dir: Path = field(init=False)
     created_netns: list[str] = field(default_factory=list)
     tracking_uri: str = ""
+    mlflow: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
         self.shared = self.base / "shared"
@@ -175,20 +176,32 @@ class TwoNodeCluster:
                                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
 
+    def launch_mlflow(self) -> None:
+        """Start `python -m ltray.tracking.server` on the head, bound to the head's address with its store on the
+        shared folder (it stops with the head node); `start_mlflow` waits for it."""
+        self.mlflow = self.start_on_head([sys.executable, "-m", "ltray.tracking.server", "--store",
+                                          str(self.shared / "mlflow"), "--host", HEAD_IP, "--port", str(MLFLOW_PORT)],
+                                         self.base / "mlflow-wrapper.log")
+
     def start_mlflow(self, timeout_s: float = 180.0) -> str:
-        """`python -m ltray.tracking.server` on the head, bound to the head's address with its store on the shared
-        folder; returns its tracking URI once it answers (it stops with the head node)."""
+        """The MLflow server on the head (launched here unless `launch_mlflow` did): its tracking URI once it
+        answers."""
         uri = f"http://{HEAD_IP}:{MLFLOW_PORT}"
         log = self.base / "mlflow-wrapper.log"
-        server = self.start_on_head([sys.executable, "-m", "ltray.tracking.server", "--store",
-                                     str(self.shared / "mlflow"), "--host", HEAD_IP, "--port", str(MLFLOW_PORT)], log)
+        if self.mlflow is None:
+            self.launch_mlflow()
+        server = self.mlflow
+        assert server is not None
         check = ("import sys; from ltray.tracking.store import check_tracking_reachable as c; "
                  f"c({uri!r}, timeout_s=2.0)")
+        health = f"import urllib.request as u; u.urlopen({uri + '/health'!r}, timeout=2)"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if server.poll() is not None:
                 raise RuntimeError(f"the MLflow server exited with {server.returncode}:\n{log.read_text()}")
-            if self.run_on_head([sys.executable, "-c", check], timeout=60).returncode == 0:
+            # a cheap probe (no MLflow import) until the server listens, then MLflow's own check
+            if (self.run_on_head([sys.executable, "-c", health], timeout=30).returncode == 0
+                    and self.run_on_head([sys.executable, "-c", check], timeout=60).returncode == 0):
                 return uri
             time.sleep(1.0)
         raise RuntimeError(f"the MLflow server on {uri} did not answer within {timeout_s:.0f} s:\n{log.read_text()}")
@@ -269,9 +282,10 @@ def _wait_for_nodes(cluster: TwoNodeCluster, count: int) -> None:
                        f"head:\n{cluster.head.log_tail()}\nworker:\n{cluster.worker.log_tail()}")
 
 
-def start_two_node_cluster() -> TwoNodeCluster:
-    """Create the namespaces and the link, start both nodes, wait until the head sees two nodes. On any failure
-    everything started so far is stopped before the error propagates."""
+def start_two_node_cluster(with_mlflow: bool = False) -> TwoNodeCluster:
+    """Create the namespaces and the link, start both nodes, wait until the head sees two nodes (`with_mlflow`:
+    launch the MLflow server on the head while the worker node starts; `start_mlflow` waits for it). On any
+    failure everything started so far is stopped before the error propagates."""
     tag = uuid.uuid4().hex[:6]
     base = Path(tempfile.mkdtemp(prefix="ltray-2n-", dir="/tmp"))
     token_path = base / "shared" / "auth_token"
@@ -298,6 +312,8 @@ def start_two_node_cluster() -> TwoNodeCluster:
                    **s3_env(S3_ENDPOINT))
         _start_node(head, env, head=True)
         _wait_for_nodes(cluster, 1)
+        if with_mlflow:
+            cluster.launch_mlflow()
         _start_node(worker, env, head=False, hidden=(cluster.driver_dir, head.temp_dir, Path("/dev/shm")))
         _wait_for_nodes(cluster, 2)
     except BaseException:
