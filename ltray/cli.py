@@ -23,6 +23,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace):
     from ltray.config import load_config
+    from ltray.methods import components  # noqa: F401  (registers every method part and its config section)
 
     return load_config(args.config, args.overrides)
 

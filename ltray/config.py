@@ -129,6 +129,25 @@ class MakConfig:
     extractor_epochs: int = 0
 
 
+# The option sections of method parts added as plugins (`ltray.methods.registry.register(name, config=...)`): each
+# config gets one instance per section, read as `cfg.method.<name>` and set as `method.<name>.<key>`.
+METHOD_SECTIONS: dict[str, type] = {}
+
+
+def register_method_section(name: str, section: type) -> None:
+    """Add the option section `method.<name>` (a dataclass with defaults; a `validate(cfg)` method, if it has one,
+    raises ConfigError for bad values). Configs made afterwards have it."""
+    if not dataclasses.is_dataclass(section):
+        raise TypeError(f"the options of method part {name!r} must be a dataclass, got {section!r}")
+    if name in METHOD_SECTIONS or name in {f.name for f in dataclasses.fields(MethodConfig)}:
+        raise ValueError(f"method section {name!r} registered twice")
+    METHOD_SECTIONS[name] = section
+
+
+def _plugin_sections() -> dict[str, Any]:
+    return {name: section() for name, section in METHOD_SECTIONS.items()}
+
+
 @dataclass
 class MethodConfig:
     name: str = "simclr"
@@ -140,6 +159,14 @@ class MethodConfig:
     gh: GHConfig = field(default_factory=GHConfig)
     colt: COLTConfig = field(default_factory=COLTConfig)
     mak: MakConfig = field(default_factory=MakConfig)
+    plugins: dict[str, Any] = field(default_factory=_plugin_sections)
+
+    def __getattr__(self, name: str) -> Any:
+        """A plugin part's section (`cfg.method.align`); called only where no field has the name."""
+        plugins = self.__dict__.get("plugins")
+        if plugins is not None and name in plugins:
+            return plugins[name]
+        raise AttributeError(f"method config has no section {name!r}")
 
 
 @dataclass
@@ -194,7 +221,10 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The config as plain values; plugin sections sit beside the shipped ones (`method.<name>`)."""
+        values = dataclasses.asdict(self)
+        values["method"].update(values["method"].pop("plugins"))
+        return values
 
     def replace(self, overrides: dict[str, Any]) -> Config:
         """A validated copy with dotted-key overrides applied (used by sweeps)."""
@@ -230,7 +260,12 @@ def read_yaml(text: str) -> Any:
 
 
 def _field_types(obj: Any) -> dict[str, Any]:
-    return get_type_hints(type(obj))
+    """The settable fields of a config section: its declared fields, and for `method` its plugin sections."""
+    types = get_type_hints(type(obj))
+    if isinstance(obj, MethodConfig):
+        del types["plugins"]
+        types.update({name: type(section) for name, section in obj.plugins.items()})
+    return types
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -455,6 +490,9 @@ def validate(cfg: Config) -> None:
         _check(d.dataset in ("scenes-lt", "digits-lt"),
                f"method.mak.pool=embedded has 16x16 images; {d.dataset} needs a pool folder of its image size "
                "(ltray pool import)")
+    for section in m.plugins.values():
+        if hasattr(section, "validate"):
+            section.validate(cfg)
     _one_of(o.optimizer, ("sgd", "lars"), "optim.optimizer")
     _check(o.lr > 0, f"optim.lr must be > 0, got {o.lr}")
     _check(0 <= o.momentum < 1, "optim.momentum must be in [0, 1)")

@@ -20,9 +20,9 @@ from ltray.errors import ConfigError
 
 BASES = ("simclr", "focal")
 MODEL_VARIANTS = ("sdclr",)
-MODIFIERS = ("lotar", "bcl", "gh", "colt")
+MODIFIERS: tuple[str, ...] = ("lotar", "bcl", "gh", "colt")
 PIPELINES = ("mak",)
-ORDER = ("simclr", "focal", "sdclr", "lotar", "bcl", "gh", "colt", "mak")
+ORDER: tuple[str, ...] = ("simclr", "focal", "sdclr", "lotar", "bcl", "gh", "colt", "mak")
 
 REFERENCE_BACKED = {
     frozenset(s)
@@ -55,6 +55,16 @@ class MethodSpec:
 
     def has(self, part: str) -> bool:
         return part in self.parts
+
+
+def add_modifier(name: str) -> None:
+    """Make `name` a modifier part of the grammar, applied after the shipped ones (a method part added as a plugin,
+    `ltray.methods.registry.register`)."""
+    global MODIFIERS, ORDER
+    if name in ORDER or not name or "+" in name:
+        raise ValueError(f"method part name {name!r} is taken or not a name")
+    MODIFIERS = (*MODIFIERS, name)
+    ORDER = (*ORDER, name)
 
 
 def parse_method(name: str) -> MethodSpec:

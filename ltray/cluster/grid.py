@@ -36,9 +36,10 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from ltray.config import Config, config_from_dict, load_config, parse_override
+from ltray.config import METHOD_SECTIONS, Config, config_from_dict, load_config, parse_override
 from ltray.errors import ConfigError, LtrayError
 from ltray.method_names import MethodSpec, parse_method
+from ltray.methods import components  # noqa: F401  (registers every method part and its config section)
 
 SPLIT_KEY = "data.split"
 SEED_KEY = "run.seed"
@@ -71,7 +72,7 @@ def key_applies(key: str, method: str) -> bool:
     """Whether the dotted config key can change a run of `method` (component sections only matter to methods
     that contain the component)."""
     parts = key.split(".")
-    if len(parts) >= 3 and parts[0] == "method" and parts[1] in COMPONENT_SECTIONS:
+    if len(parts) >= 3 and parts[0] == "method" and (parts[1] in COMPONENT_SECTIONS or parts[1] in METHOD_SECTIONS):
         return _component_used(parse_method(method), parts[1])
     return True
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, TypeVar
 
+from ltray import method_names
+from ltray.config import register_method_section
+
 if TYPE_CHECKING:
     from ltray.methods.base import Component
 
@@ -21,12 +24,19 @@ COMPONENTS: dict[str, type[Component]] = {}
 T = TypeVar("T", bound=type)
 
 
-def register(name: str) -> Callable[[T], T]:
-    """Register a component class under `name` (timm-style)."""
+def register(name: str, *, config: type | None = None) -> Callable[[T], T]:
+    """Register a component class under `name` (timm-style). A name the grammar does not know yet becomes a
+    modifier part (`method_names.add_modifier`); `config`, a dataclass of the part's options, becomes the config
+    section `method.<name>` (`ltray.config.register_method_section`). So a new part is one module in
+    `ltray/methods/components/`."""
 
     def wrap(cls: T) -> T:
         if name in COMPONENTS:
             raise ValueError(f"component {name!r} registered twice")
+        if name not in method_names.ORDER:
+            method_names.add_modifier(name)
+        if config is not None:
+            register_method_section(name, config)
         cls.name = name  # type: ignore[attr-defined]
         COMPONENTS[name] = cls
         return cls

@@ -1,3 +1,8 @@
-"""Registered method components; importing this package registers them all."""
+"""Registered method components: every module of this package is imported here, which registers its parts (a new
+part is one new module)."""
 
-from ltray.methods.components import bcl, colt, focal, gh, lotar, mak, sdclr  # noqa: F401
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
