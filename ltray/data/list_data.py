@@ -47,8 +47,7 @@ from ltray.data.splits import ItemList, Split
 from ltray.data.train_data import IndexSpace
 from ltray.errors import ConfigError, DataError, TrainingDiverged
 from ltray.eval.features import extract_features_from_batches, module_device
-from ltray.eval.metrics import evaluate_logits, topk_accuracy
-from ltray.eval.probe import ProbeResult, ProbeSchedule, _linear, frozen_backbone
+from ltray.eval.probe import ProbeResult, ProbeSchedule, fit_sgd_probe, frozen_backbone
 from ltray.models.contrastive import ContrastiveModel
 
 if TYPE_CHECKING:
@@ -397,26 +396,16 @@ def sdclr_sgd_probe_list(
             raise DataError(f"the {name} list of the probe is empty or holds labels outside [0, {num_classes})")
     val_y = torch.tensor(val.labels, device=target)
     test_y = torch.tensor(test.labels, device=target)
-    validate_at = set(schedule.validation_epochs())
-    select_k = 1 if schedule.select_by == "top1" else 5
     pin = target.type == "cuda"
     with frozen_backbone(backbone):
         val_features = source_features(backbone, val, image_size=image_size, workers=workers, device=target,
                                        batch_size=eval_batch_size).to(target)
         test_features = source_features(backbone, test, image_size=image_size, workers=workers, device=target,
                                         batch_size=eval_batch_size).to(target)
-        linear = _linear(val_features.shape[1], num_classes, generator, "sdclr").to(target)
-        optimizer = torch.optim.SGD(
-            linear.parameters(), lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay
-        )
         batch_sampler = EpochBatchSampler(PlannedOrder())
         loader = _loader(ProbeItems(train, imagenet_probe_train(image_size), seed), batch_sampler, workers, pin)
-        best_accuracy, best_epoch, best_state = -1.0, 0, {}
-        val_curve: list[tuple[int, float]] = []
-        epoch_loss: list[float] = []
-        for epoch in range(1, schedule.epochs + 1):
-            for group in optimizer.param_groups:
-                group["lr"] = schedule.lr_at(epoch)
+
+        def train_epoch(epoch: int, linear: nn.Linear, optimizer: torch.optim.Optimizer) -> float:
             order = torch.randperm(len(train), generator=generator).numpy()
             size = schedule.batch_size
             batch_sampler.plan(epoch, [order[start : start + size] for start in range(0, len(order), size)])
@@ -433,26 +422,10 @@ def sdclr_sgd_probe_list(
             mean_loss = float(total / len(train))
             if not np.isfinite(mean_loss):
                 raise TrainingDiverged(f"the linear probe's loss became {mean_loss}")
-            epoch_loss.append(mean_loss)
-            if epoch in validate_at:
-                with torch.no_grad():
-                    accuracy = topk_accuracy(linear(val_features), val_y, select_k)
-                val_curve.append((epoch, accuracy))
-                if accuracy > best_accuracy:
-                    best_accuracy, best_epoch = accuracy, epoch
-                    best_state = {name: tensor.detach().clone() for name, tensor in linear.state_dict().items()}
-        del loader
-        linear.load_state_dict(best_state)
-        with torch.no_grad():
-            per_class, report = evaluate_logits(linear(test_features), test_y, num_classes, groups)
-    return ProbeResult(
-        per_class_acc=per_class,
-        report=report,
-        best_epoch=best_epoch,
-        val_curve=val_curve,
-        epoch_loss=epoch_loss,
-        classifier={name: tensor.cpu() for name, tensor in best_state.items()},
-    )
+            return mean_loss
+
+        return fit_sgd_probe(val_features, val_y, test_features, test_y, num_classes, train_epoch,
+                             schedule=schedule, generator=generator, groups=groups)
 
 
 # ----- reading a run's lists --------------------------------------------------------------------------------

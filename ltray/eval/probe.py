@@ -39,6 +39,7 @@ __all__ = [
     "ProbeResult",
     "ProbeSchedule",
     "adam_probe",
+    "fit_sgd_probe",
     "fixed_shot_subsets",
     "frozen_backbone",
     "kshot_indices",
@@ -249,6 +250,53 @@ def _logits(linear: nn.Linear, features: torch.Tensor) -> torch.Tensor:
     return linear(features)
 
 
+def fit_sgd_probe(
+    val_features: torch.Tensor,
+    val_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+    train_epoch: Callable[[int, nn.Linear, torch.optim.Optimizer], float],
+    *,
+    schedule: ProbeSchedule,
+    generator: torch.Generator,
+    groups: Mapping[str, np.ndarray] | None = None,
+) -> ProbeResult:
+    """The classifier of the `sdclr_sgd` probe (data_and_eval.md §8), whatever feeds its training batches: a new
+    Linear(d→C) (W ~ N(0, 0.01²), b = 0, drawn from `generator`) trained with SGD under `schedule`, one epoch per
+    `train_epoch(epoch, linear, optimizer)` call (1-based epoch; returns its mean loss); the classifier of the
+    first epoch with the best validation `schedule.select_by` accuracy is tested once."""
+    linear = _linear(val_features.shape[1], num_classes, generator, "sdclr").to(val_features.device)
+    optimizer = torch.optim.SGD(
+        linear.parameters(), lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay
+    )
+    validate_at = set(schedule.validation_epochs())
+    select_k = 1 if schedule.select_by == "top1" else 5
+    best_accuracy, best_epoch, best_state = -1.0, 0, {}
+    val_curve: list[tuple[int, float]] = []
+    epoch_loss: list[float] = []
+    for epoch in range(1, schedule.epochs + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr_at(epoch)
+        epoch_loss.append(train_epoch(epoch, linear, optimizer))
+        if epoch in validate_at:
+            accuracy = topk_accuracy(_logits(linear, val_features), val_labels, select_k)
+            val_curve.append((epoch, accuracy))
+            if accuracy > best_accuracy:
+                best_accuracy, best_epoch = accuracy, epoch
+                best_state = {name: tensor.detach().clone() for name, tensor in linear.state_dict().items()}
+    linear.load_state_dict(best_state)
+    per_class, report = evaluate_logits(_logits(linear, test_features), test_labels, num_classes, groups)
+    return ProbeResult(
+        per_class_acc=per_class,
+        report=report,
+        best_epoch=best_epoch,
+        val_curve=val_curve,
+        epoch_loss=epoch_loss,
+        classifier={name: tensor.cpu() for name, tensor in best_state.items()},
+    )
+
+
 def sdclr_sgd_probe(
     backbone: nn.Module,
     train_images: ImageArray,
@@ -280,8 +328,6 @@ def sdclr_sgd_probe(
     train_y = _labels_tensor(train_labels, len(train_images), num_classes, "train_labels").to(target)
     val_y = _labels_tensor(val_labels, len(val_images), num_classes, "val_labels").to(target)
     test_y = _labels_tensor(test_labels, len(test_images), num_classes, "test_labels").to(target)
-    validate_at = set(schedule.validation_epochs())
-    select_k = 1 if schedule.select_by == "top1" else 5
     with frozen_backbone(backbone):
         val_features = extract_features(backbone, val_images, eval_batch_size, target).to(target)
         test_features = extract_features(backbone, test_images, eval_batch_size, target).to(target)
@@ -298,34 +344,13 @@ def sdclr_sgd_probe(
             def batch_features(batch: torch.Tensor) -> torch.Tensor:
                 return train_features[batch.to(target)]
 
-        linear = _linear(val_features.shape[1], num_classes, generator, "sdclr").to(target)
-        optimizer = torch.optim.SGD(
-            linear.parameters(), lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay
-        )
-        best_accuracy, best_epoch, best_state = -1.0, 0, {}
-        val_curve: list[tuple[int, float]] = []
-        epoch_loss: list[float] = []
-        for epoch in range(1, schedule.epochs + 1):
-            for group in optimizer.param_groups:
-                group["lr"] = schedule.lr_at(epoch)
-            epoch_loss.append(_train_epoch(linear, optimizer, batch_features, train_y, schedule.batch_size, generator))
+        def train_epoch(epoch: int, linear: nn.Linear, optimizer: torch.optim.Optimizer) -> float:
+            loss = _train_epoch(linear, optimizer, batch_features, train_y, schedule.batch_size, generator)
             _assert_frozen(backbone)
-            if epoch in validate_at:
-                accuracy = topk_accuracy(_logits(linear, val_features), val_y, select_k)
-                val_curve.append((epoch, accuracy))
-                if accuracy > best_accuracy:
-                    best_accuracy, best_epoch = accuracy, epoch
-                    best_state = {name: tensor.detach().clone() for name, tensor in linear.state_dict().items()}
-        linear.load_state_dict(best_state)
-        per_class, report = evaluate_logits(_logits(linear, test_features), test_y, num_classes, groups)
-    return ProbeResult(
-        per_class_acc=per_class,
-        report=report,
-        best_epoch=best_epoch,
-        val_curve=val_curve,
-        epoch_loss=epoch_loss,
-        classifier={name: tensor.cpu() for name, tensor in best_state.items()},
-    )
+            return loss
+
+        return fit_sgd_probe(val_features, val_y, test_features, test_y, num_classes, train_epoch,
+                             schedule=schedule, generator=generator, groups=groups)
 
 
 def _features_tensor(features: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
