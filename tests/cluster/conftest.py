@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from ltray.guard import guarded
-from ltray.tracking.server import MlflowServer, free_port
+from ltray.tracking.server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -141,12 +141,6 @@ def connected(ray_head: RayHead) -> Iterator[RayHead]:
         reset_auth_token_state()
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    with MlflowServer(tmp_path_factory.mktemp("mlflow-server"), startup_timeout_s=180.0) as server:
-        yield server
-
-
 @pytest.fixture
 def sweep_name() -> str:
     return f"t{uuid.uuid4().hex[:8]}"
@@ -207,7 +201,8 @@ def sweep_script():
 @pytest.fixture(scope="module")
 def two_nodes():
     """A real two-node Ray cluster (tests/cluster/multinode.py) with an MLflow server on the head, shared by the
-    multi-node tests of a module and stopped after them (its processes hold memory the later tests need); skipped where the machine allows no namespaces."""
+    multi-node tests of a module and stopped after them (its processes hold memory the later tests need); skipped
+    where the machine allows no namespaces."""
     from tests.cluster.multinode import start_two_node_cluster, unavailable_reason
 
     reason = unavailable_reason()
