@@ -161,11 +161,8 @@ def pool_size(cfg: Config) -> int | None:
         return RANDOM_300K_SIZE
     if c.pool == "list" and c.pool_path and Path(c.pool_path).is_file():
         return _count_lines(Path(c.pool_path))
-    if c.pool == "parquet" and c.pool_path and (Path(c.pool_path) / "pool.json").is_file():
-        try:
-            return int(json.loads((Path(c.pool_path) / "pool.json").read_text(encoding="utf-8"))["size"])
-        except (ValueError, KeyError, TypeError):
-            return None
+    if c.pool == "parquet" and c.pool_path:
+        return pool_folder_size(Path(c.pool_path))
     return None
 
 
@@ -173,15 +170,19 @@ def mak_pool_size(cfg: Config) -> int | None:
     """Size of a MAK trial's candidate pool: the embedded pool's configured size, or the `size` in the pool
     folder's `pool.json` (`ltray pool import`); None when unknown."""
     k = cfg.method.mak
-    if k.pool == "embedded":
-        return k.pool_size
-    manifest = Path(k.pool) / "pool.json"
-    if manifest.is_file():
-        try:
-            return int(json.loads(manifest.read_text(encoding="utf-8"))["size"])
-        except (ValueError, KeyError, TypeError):
-            return None
-    return None
+    return k.pool_size if k.pool == "embedded" else pool_folder_size(Path(k.pool))
+
+
+def pool_folder_size(folder: Path) -> int | None:
+    """The `size` in a pool folder's `pool.json` (`ltray pool import`), read without opening the pool; None when
+    the folder has no readable manifest."""
+    manifest = folder / "pool.json"
+    if not manifest.is_file():
+        return None
+    try:
+        return int(json.loads(manifest.read_text(encoding="utf-8"))["size"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def colt_resamples(epochs: int, warmup: int, interval: int) -> int:

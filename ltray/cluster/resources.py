@@ -26,29 +26,28 @@ TRAIN_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 RAY_TRAIN_START_TIMEOUT_S = 60.0
 
 
+def _seconds_from_env(name: str, default: float) -> float:
+    """A positive number of seconds from `$name` (default when unset); LtrayError naming the variable otherwise."""
+    text = os.environ.get(name, "")
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        raise LtrayError(f"{name} must be a number of seconds, got {text!r}") from None
+    if value <= 0:
+        raise LtrayError(f"{name} must be > 0, got {text!r}")
+    return value
+
+
 def resource_timeout_s() -> float:
     """How long a trial waits for its resources: `$LTRAY_TRIAL_RESOURCE_TIMEOUT_S`, default 300 s."""
-    text = os.environ.get(RESOURCE_TIMEOUT_ENV, "")
-    try:
-        value = float(text) if text else DEFAULT_RESOURCE_TIMEOUT_S
-    except ValueError:
-        raise LtrayError(f"{RESOURCE_TIMEOUT_ENV} must be a number of seconds, got {text!r}") from None
-    if value <= 0:
-        raise LtrayError(f"{RESOURCE_TIMEOUT_ENV} must be > 0, got {text!r}")
-    return value
+    return _seconds_from_env(RESOURCE_TIMEOUT_ENV, DEFAULT_RESOURCE_TIMEOUT_S)
 
 
 def start_retries_within(timeout_s: float) -> int:
     """Ray Train's `controller_failure_limit` for a run: each attempt to start the worker group waits
     `$RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S` (Ray's default 60 s) and Ray retries without end by default; this many
     retries keep all attempts together within about `timeout_s`."""
-    text = os.environ.get(TRAIN_START_TIMEOUT_ENV, "")
-    try:
-        per_attempt = float(text) if text else RAY_TRAIN_START_TIMEOUT_S
-    except ValueError:
-        raise LtrayError(f"{TRAIN_START_TIMEOUT_ENV} must be a number of seconds, got {text!r}") from None
-    if per_attempt <= 0:
-        raise LtrayError(f"{TRAIN_START_TIMEOUT_ENV} must be > 0, got {text!r}")
+    per_attempt = _seconds_from_env(TRAIN_START_TIMEOUT_ENV, RAY_TRAIN_START_TIMEOUT_S)
     return max(0, math.ceil(timeout_s / per_attempt) - 1)
 
 
