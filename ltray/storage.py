@@ -15,15 +15,30 @@ from __future__ import annotations
 import os
 import tempfile
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from ltray.errors import ConfigError
 
 STORAGE_ENV = "LTRAY_STORAGE"
 DEFAULT_STORAGE = "ray_results"
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "w", **options: Any) -> Iterator[IO[Any]]:
+    """A stream (`open` mode and options) on a temporary file beside `path`, renamed onto `path` when the block
+    ends without error and removed otherwise."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, mode, **options) as stream:
+            yield stream
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -84,24 +99,19 @@ class Storage:
         path = "/".join([split.path.rstrip("/"), *parts])
         return Storage(urllib.parse.urlunsplit(split._replace(path=path)))
 
-    def _info(self) -> Any:
-        return self.filesystem.get_file_info(self.fs_path)
+    def _kind(self) -> str:
+        """The name of its `pyarrow.fs.FileType`: "NotFound", "File", "Directory" or "Unknown"."""
+        return str(self.filesystem.get_file_info(self.fs_path).type.name)
 
     def exists(self) -> bool:
-        import pyarrow.fs
-
-        return self._info().type != pyarrow.fs.FileType.NotFound
+        return self._kind() != "NotFound"
 
     def is_file(self) -> bool:
-        import pyarrow.fs
-
-        return self._info().type == pyarrow.fs.FileType.File
+        return self._kind() == "File"
 
     def is_dir(self) -> bool:
         """A folder; on an object store, a prefix holding at least one object."""
-        import pyarrow.fs
-
-        return self._info().type == pyarrow.fs.FileType.Directory
+        return self._kind() == "Directory"
 
     def children(self) -> list[str]:
         """The names directly inside this folder (empty when it does not exist)."""
@@ -125,10 +135,8 @@ class Storage:
         if self.is_local:
             path = self.local_path
             path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-            with os.fdopen(handle, "w") as out:
+            with atomic_file(path) as out:
                 out.write(text)
-            os.replace(temporary, path)
             return
         with self.filesystem.open_output_stream(self.fs_path) as out:
             out.write(text.encode())

@@ -238,28 +238,20 @@ def op_values(op_id: torch.Tensor, magnitude: torch.Tensor, u_sign: torch.Tensor
     return torch.where(signed & (u_sign < 0.5), -v, v)
 
 
+_FIXED_OPS = {"AutoContrast": auto_contrast, "Invert": invert, "Equalize": equalize}
+_VALUE_OPS = {"Solarize": solarize, "Contrast": contrast, "Color": color, "Brightness": brightness, "Sharpness": sharpness}
+
+
 def apply_op(name: str, images: torch.Tensor, value: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
     """Apply the op `name` with per-sample signed values [B] (`draws` [B, 5] supplies Cutout's centre)."""
     if name in AFFINE_OPS:
         return affine_nearest(images, affine_coefficients(name, value, images.shape[2], images.shape[3]))
-    if name == "AutoContrast":
-        return auto_contrast(images)
-    if name == "Invert":
-        return invert(images)
-    if name == "Equalize":
-        return equalize(images)
-    if name == "Solarize":
-        return solarize(images, value)
+    if name in _FIXED_OPS:
+        return _FIXED_OPS[name](images)
+    if name in _VALUE_OPS:
+        return _VALUE_OPS[name](images, value)
     if name == "Posterize":
         return posterize(images, torch.floor(value).to(torch.int32))
-    if name == "Contrast":
-        return contrast(images, value)
-    if name == "Color":
-        return color(images, value)
-    if name == "Brightness":
-        return brightness(images, value)
-    if name == "Sharpness":
-        return sharpness(images, value)
     if name == "Cutout":
         return cutout(images, value, draws[:, DRAW_CENTRE_X], draws[:, DRAW_CENTRE_Y])
     raise ConfigError(f"unknown RandAugment op {name!r}")

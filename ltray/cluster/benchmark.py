@@ -46,17 +46,9 @@ class TrialResult:
     class_names: list[str] = field(default_factory=list)
 
 
-def kshot_figure(results: Sequence[TrialResult]) -> str | None:
-    """The k-shot probe's overall figure (`shot<k>_all`) if the trials report one."""
-    for result in results:
-        for key in result.figures:
-            if key.startswith("shot") and key.endswith("_all"):
-                return key
-    return None
-
-
 def table_figures(results: Sequence[TrialResult]) -> list[tuple[str, str]]:
-    shots = kshot_figure(results)
+    """The figures of `FIGURES` the trials report, then the k-shot probe's overall one (`shot<k>_all`) if any."""
+    shots = next((key for r in results for key in r.figures if key.startswith("shot") and key.endswith("_all")), None)
     figures = [(key, label) for key, label in FIGURES if any(key in r.figures for r in results)]
     if shots:
         figures.append((shots, f"{shots[4:-4]}-shot"))
@@ -101,11 +93,6 @@ def by_config(results: Sequence[TrialResult]) -> dict[str, dict[int, TrialResult
     return grouped
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population std (ddof 0) over splits, as the summaries of docs/math/data_and_eval.md §9."""
-    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
-
-
 @dataclass(frozen=True)
 class Paired:
     """Paired differences of one figure between a method and the baseline over their common splits."""
@@ -142,8 +129,9 @@ def paired(method: Mapping[int, TrialResult], baseline: Mapping[int, TrialResult
 
 
 def _cell(values: Sequence[float]) -> str:
-    mean, std = mean_std(values)
-    return f"{mean:.2f} ± {std:.2f}"
+    """Mean ± population std (ddof 0) over splits, as the summaries of docs/math/data_and_eval.md §9."""
+    std = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.2f} ± {std:.2f}"
 
 
 def _row(cells: Sequence[str]) -> str:
@@ -212,8 +200,7 @@ def reading(grouped: Mapping[str, Mapping[int, TrialResult]], order: Sequence[st
             result = paired(grouped[config], grouped[BASELINE], key)
             if result is None:
                 continue
-            lower_is_better = key in STD_FIGURES
-            gain = -result.mean if lower_is_better else result.mean
+            gain = -result.mean if key in STD_FIGURES else result.mean  # a lower Std is more balanced
             text = f"{label} {result.mean:+.2f} (p = {result.p_value:.2f})"
             if not result.significant:
                 noise.append(label)
@@ -221,13 +208,8 @@ def reading(grouped: Mapping[str, Mapping[int, TrialResult]], order: Sequence[st
                 better.append(text)
             else:
                 worse.append(text)
-        parts = []
-        if better:
-            parts.append("better than SimCLR on " + ", ".join(better))
-        if worse:
-            parts.append("worse on " + ", ".join(worse))
-        if noise:
-            parts.append("within noise on " + ", ".join(noise))
+        parts = [prefix + ", ".join(items) for prefix, items in
+                 (("better than SimCLR on ", better), ("worse on ", worse), ("within noise on ", noise)) if items]
         role = " (the balanced-data reference)" if config == reference else ""
         lines.append(f"- `{config}`{role}: " + "; ".join(parts) + ".")
     return lines

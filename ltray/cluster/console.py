@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -89,10 +90,7 @@ def ray_output_to_log(log_path: Path | None) -> Iterator[Say]:
     on the console) and yield `say`, which writes one line to the person's console (and the log)."""
     console = sys.stdout
     if log_path is None:
-        def say_plain(line: str) -> None:
-            print(line, file=console, flush=True)
-
-        yield say_plain
+        yield partial(print, file=console, flush=True)
         return
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a", buffering=1) as log:

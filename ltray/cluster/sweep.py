@@ -53,8 +53,6 @@ if TYPE_CHECKING:
     from ltray.tracking.journal import JournalView
 
 TRAIN_RUNS = "train_runs"
-SUMMARY_MD = "summary.md"
-SUMMARY_CSV = "summary.csv"
 EXIT_TRACKING_PENDING = 3
 
 Echo = Callable[[str], None]
@@ -160,18 +158,11 @@ def _tune_callback(sweep_dir: Storage) -> Any:
     from ray import tune
 
     from ltray.cluster.console import active_events, error_reason
-    from ltray.tracking.journal import TRIAL_FILE, TrialJournal, journal_folder
 
     class TrialStatus(tune.Callback):
         """Tells the driver's console of each trial event (`ltray.cluster.console`; looked up when called, so a
         callback restored with the Tuner on `--resume` reports to the new driver), and journals the status of a
         trial that Tune ended without its final figures (errored or early-stopped); the sweep's sync sends it."""
-
-        def _close(self, trial: Any, status: str) -> None:
-            journal = TrialJournal(journal_folder(sweep_dir, _trial_name(trial)))
-            view = journal.view()
-            if view.header is not None and view.status is None:
-                journal.append(TRIAL_FILE, {"kind": "status", "status": status})
 
         def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             if (events := active_events()) is not None:
@@ -182,14 +173,14 @@ def _tune_callback(sweep_dir: Storage) -> Any:
                 events.epoch(_trial_name(trial), result)
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            self._close(trial, "FAILED")
+            close_unfinished(sweep_dir, [_trial_name(trial)], "FAILED")
             if (events := active_events()) is not None:
                 events.failed(_trial_name(trial), error_reason(trial.get_error()))
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             finished = bool((trial.last_result or {}).get(FINAL_MARK))
             if not finished:
-                self._close(trial, "KILLED")
+                close_unfinished(sweep_dir, [_trial_name(trial)], "KILLED")
             if (events := active_events()) is not None:
                 if finished:
                     events.finished(_trial_name(trial), trial.last_result)
@@ -201,16 +192,15 @@ def _tune_callback(sweep_dir: Storage) -> Any:
 
 def finished_earlier(sweep_dir: Storage, grid: dict[str, str]) -> list[str]:
     """The trials whose journal holds their final figures (finished before a `--resume`)."""
-    from ltray.tracking.journal import TrialJournal, journal_folder
-
-    return [trial for trial in grid if TrialJournal(journal_folder(sweep_dir, trial)).view().final_figures is not None]
+    return [trial for trial, view in journal_views(sweep_dir, grid).items() if view.final_figures is not None]
 
 
 def summarize_sweep(sweep_dir: Storage, grid: dict[str, str], title: str) -> tuple[str, str, list[Any]]:
     """The sweep's summary (mean ± std per configuration) from its journals, written into the sweep folder as
     `summary.md` and `summary.csv`, with its figures (`write_sweep_figures`); returns the Markdown, the CSV and the
     rows (for the parent run)."""
-    from ltray.tracking.artifacts import summary_csv
+    from ltray.eval.metrics import summary_csv
+    from ltray.tracking.artifacts import SUMMARY_CSV, SUMMARY_MD
 
     views = journal_views(sweep_dir, grid)
     rows = journal_summary_rows(sweep_dir, grid, views)

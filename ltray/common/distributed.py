@@ -22,11 +22,9 @@ def rank() -> int:
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """All-gather whose backward keeps only the gradient of this rank's own slice.
-
-    Every rank computes the same global loss, so the caller scales the loss by the world size and DDP's gradient
-    averaging turns that into the single-process gradient of the global batch (convention 4).
-    """
+    """All-gather whose backward keeps only the gradient of this rank's own slice. Every rank computes the same
+    global loss, so the caller scales the loss by the world size and DDP's gradient averaging turns that into the
+    single-process gradient of the global batch (convention 4)."""
 
     @staticmethod
     def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
@@ -87,12 +85,10 @@ class _AllReduceSum(torch.autograd.Function):
 
 
 class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """Synchronised BatchNorm for CPU workers (gloo), which torch's SyncBatchNorm and DDP reject.
-
-    In training with a process group, the global mean and biased variance come from two differentiable all-reduces
-    (Σx with the count, then Σ(x − mean)²), so every rank's input gets the gradient of one process on the global
-    batch; the running statistics take the unbiased global variance, as BatchNorm does. Otherwise it is BatchNorm.
-    """
+    """Synchronised BatchNorm for CPU workers (gloo), which torch's SyncBatchNorm and DDP reject. In training with a
+    process group, the global mean and biased variance come from two differentiable all-reduces (Σx with the count,
+    then Σ(x − mean)²), so every rank's input gets the gradient of one process on the global batch; the running
+    statistics take the unbiased global variance, as BatchNorm does. Otherwise it is BatchNorm."""
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() < 2:

@@ -19,12 +19,9 @@ def first_occurrence(index: torch.Tensor) -> torch.Tensor:
 
 
 class IndexedEMA:
-    """An exponential moving average per dataset index.
-
-    Zero-initialised; the first visit of an index takes the raw value; later visits take
-    (1 − β)·value + β·old; at most one update per index per epoch (later ones in the same epoch are dropped,
-    as are duplicates inside one update). Values are float32 and live on `device`.
-    """
+    """An exponential moving average per dataset index. Zero-initialised; the first visit of an index takes the raw
+    value; later visits take (1 − β)·value + β·old; at most one update per index per epoch (later ones in the same
+    epoch are dropped, as are duplicates inside one update). Values are float32 and live on `device`."""
 
     def __init__(self, size: int, shape: tuple[int, ...] = (), device: torch.device | str = "cpu") -> None:
         self.values = torch.zeros((size, *shape), dtype=torch.float32, device=device)

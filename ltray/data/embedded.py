@@ -24,7 +24,6 @@ import importlib.util
 import json
 import os
 import sys
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -38,6 +37,7 @@ from PIL import Image
 from ltray.data.sources import ArraySource
 from ltray.data.splits import Split, read_split
 from ltray.errors import DataError
+from ltray.storage import atomic_file
 
 BUILD_VERSION = 1
 PATCH_SIDE = 16
@@ -406,13 +406,8 @@ def cached_arrays(recipe: Recipe) -> dict[str, np.ndarray]:
     arrays = recipe.build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                np.savez(stream, sha256=np.asarray(arrays_sha256(arrays)), **arrays)  # type: ignore[arg-type]
-            os.replace(temporary, path)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+        with atomic_file(path, "wb") as stream:
+            np.savez(stream, sha256=np.asarray(arrays_sha256(arrays)), **arrays)  # type: ignore[arg-type]
     except OSError as error:
         warnings.warn(f"cannot cache embedded data under {path.parent}: {error}", stacklevel=2)
     return arrays
@@ -799,11 +794,6 @@ def report_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(path: str | Path) -> None:
-    """Regenerate the data report at `path` (docs/embedded_data.md)."""
-    write_report_text(path, report_markdown())
-
-
 def write_report_text(path: str | Path, generated: str) -> None:
     """Write `generated` then `REPORT_MARKER` to `path` atomically, keeping the old file's text after the marker."""
     path = Path(path)
@@ -812,13 +802,8 @@ def write_report_text(path: str | Path, generated: str) -> None:
         old = path.read_text(encoding="utf-8")
         if REPORT_MARKER in old:
             kept = old.split(REPORT_MARKER, 1)[1]
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(generated + "\n" + REPORT_MARKER + kept)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    with atomic_file(path, encoding="utf-8") as stream:
+        stream.write(generated + "\n" + REPORT_MARKER + kept)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -833,7 +818,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, spec in SPECS.items():
                 print(f"{name} {arrays_sha256(cached_arrays(spec.recipe))}")
         if arguments.report:
-            write_report(arguments.report)
+            write_report_text(arguments.report, report_markdown())
             print(arguments.report)
     except DataError as error:
         print(f"ltray: error: {error}", file=sys.stderr)

@@ -10,9 +10,7 @@ Specification: docs/math/data_and_eval.md §2.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -21,21 +19,7 @@ import numpy as np
 
 from ltray.data.splits import ItemList, Split, data_manifest, file_sha256, lt_profile, validate_split
 from ltray.errors import DataError
-
-__all__ = [
-    "ItemList",
-    "SDCLR_CIFAR_LAYOUT",
-    "SDCLR_IMAGENET_LAYOUT",
-    "SDCLR_IMAGENET_TOTALS",
-    "import_imagenet_lists",
-    "import_sdclr_cifar_split",
-    "import_sdclr_imagenet_split",
-    "read_index_list",
-    "read_label_array",
-    "read_text_list",
-    "sdclr_imagenet_files",
-    "write_text_list",
-]
+from ltray.storage import atomic_file
 
 # dataset: (subset file pattern, full-shot train list, validation list, number of classes, n_max,
 #           full-shot and validation images per class)
@@ -180,13 +164,8 @@ def write_text_list(items: ItemList, path: str | Path) -> None:
             raise DataError(f"{path}: item path {item_path!r} or source {source!r} is empty or holds whitespace")
         lines.append(f"{item_path} {label} {source}" if source else f"{item_path} {label}")
     try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-                stream.write("\n".join(lines) + "\n")
-            os.replace(temporary, path)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+        with atomic_file(path, encoding="utf-8", newline="\n") as stream:
+            stream.write("\n".join(lines) + "\n")
     except OSError as error:
         raise DataError(f"cannot write {path}: {error.strerror or error}") from error
 

@@ -11,9 +11,7 @@ which `ltray.data.embedded.load_embedded_split` checks. The output is byte-ident
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -21,12 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from ltray.data.embedded import EMBEDDED_DATASETS, SPECS, EmbeddedData, load_embedded
+from ltray.data.make_shipped_splits import HOLDOUT_SEED, SHARED_ROLES, SPLIT_IDS, print_manifests
 from ltray.data.splits import Split, generate_split, lt_profile, write_split
-from ltray.errors import DataError, LtrayError
-
-SPLIT_IDS = (1, 2, 3, 4, 5)
-HOLDOUT_SEED = 0
-SHARED_ROLES = ("train_full", "val")
+from ltray.errors import DataError
+from ltray.storage import atomic_file
 
 
 def embedded_split(data: EmbeddedData, split_id: int) -> Split:
@@ -89,16 +85,6 @@ def readme_text(data: EmbeddedData) -> str:
     )
 
 
-def _write_text(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-
-
 def make_embedded_splits(
     out: str | Path, *, overwrite: bool = False, datasets: Sequence[str] = EMBEDDED_DATASETS
 ) -> list[Path]:
@@ -113,7 +99,8 @@ def make_embedded_splits(
         for split_id in SPLIT_IDS:
             split = embedded_split(data, split_id)
             manifests.append(write_split(split, out / name, overwrite=overwrite, shared_roles=SHARED_ROLES))
-        _write_text(readme, readme_text(data))
+        with atomic_file(readme, encoding="utf-8", newline="\n") as stream:
+            stream.write(readme_text(data))
     return manifests
 
 
@@ -126,16 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace existing split files")
     parser.add_argument("--dataset", choices=EMBEDDED_DATASETS, action="append", help="only this data set")
     arguments = parser.parse_args(argv)
-    try:
-        manifests = make_embedded_splits(
+    return print_manifests(
+        lambda: make_embedded_splits(
             arguments.out, overwrite=arguments.overwrite, datasets=arguments.dataset or EMBEDDED_DATASETS
         )
-    except LtrayError as error:
-        print(f"ltray: error: {error}", file=sys.stderr)
-        return 2
-    for manifest in manifests:
-        print(manifest)
-    return 0
+    )
 
 
 if __name__ == "__main__":

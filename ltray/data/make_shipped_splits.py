@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,11 +49,6 @@ SHIPPED_DATASETS = (
 )
 
 
-def split_seed(split_id: int) -> int:
-    """The generation seed of shipped split `split_id`."""
-    return split_id
-
-
 def make_shipped_splits(labels_dir: str | Path, out: str | Path, *, overwrite: bool = False) -> list[Path]:
     """Generate and write every shipped split under `out/<dataset>/`; return the manifest paths."""
     labels_dir, out = Path(labels_dir), Path(out)
@@ -66,7 +61,7 @@ def make_shipped_splits(labels_dir: str | Path, out: str | Path, *, overwrite: b
                 spec.num_classes,
                 n_max=spec.n_max,
                 imbalance=IMBALANCE,
-                seed=split_seed(split_id),
+                seed=split_id,
                 val_per_class=spec.val_per_class,
                 holdout_seed=HOLDOUT_SEED,
                 train_full_per_class=spec.train_full_per_class,
@@ -86,8 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output folder (ltray/splits/)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing split files")
     arguments = parser.parse_args(argv)
+    return print_manifests(lambda: make_shipped_splits(arguments.labels_dir, arguments.out, overwrite=arguments.overwrite))
+
+
+def print_manifests(make: Callable[[], list[Path]]) -> int:
+    """Run a split generator and print the manifest paths it wrote; exit status 2 and a one-line error on failure."""
     try:
-        manifests = make_shipped_splits(arguments.labels_dir, arguments.out, overwrite=arguments.overwrite)
+        manifests = make()
     except LtrayError as error:
         print(f"ltray: error: {error}", file=sys.stderr)
         return 2

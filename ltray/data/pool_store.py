@@ -31,7 +31,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from ltray.data.sources import ArraySource
+from ltray.data.splits import file_sha256
 from ltray.errors import ConfigError, DataError
+from ltray.storage import atomic_file
 
 if TYPE_CHECKING:
     import ray.data
@@ -42,7 +44,6 @@ SHARD_PATTERN = "shard-{:05d}.parquet"
 ROW_GROUP_ROWS = 512
 DEFAULT_EMBEDDED_SIZE = 10_000
 KINDS = ("npy", "list", "embedded")
-_HASH_BLOCK = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -77,19 +78,6 @@ class PoolInfo:
     @property
     def shard_paths(self) -> list[Path]:
         return [self.path / shard.file for shard in self.shards]
-
-    @property
-    def image_bytes(self) -> int:
-        return int(np.prod(self.image_shape))
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while block := stream.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def content_sha256(size: int, image_shape: tuple[int, int, int], shards: list[ShardInfo]) -> str:
@@ -269,17 +257,6 @@ def _chunk_table(chunk: Chunk, first_index: int) -> pa.Table:
     )
 
 
-def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-
-
 def is_pool_folder(path: Path) -> bool:
     """Whether `path` is a folder whose `pool.json` carries the pool format marker."""
     try:
@@ -363,7 +340,9 @@ def import_pool(
             "shards": [asdict(shard) for shard in shards],
             "content_sha256": content_sha256(written, shape, shards),
         }
-        _write_json(staged / MANIFEST, manifest)
+        with atomic_file(staged / MANIFEST, encoding="utf-8") as stream:
+            json.dump(manifest, stream, indent=2)
+            stream.write("\n")
         replace_folder(staged, target)
         imported = True
     finally:
@@ -553,12 +532,7 @@ def show_pool(path: str | Path, grid: str | Path | None = None, seed: int = 0) -
         positions = np.sort(np.random.default_rng(seed).choice(info.size, size=count, replace=False))
         target = Path(grid)
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".png")
-        os.close(handle)
-        try:
-            _grid_image(_sample_images(info, positions)).save(temporary, format="PNG")
-            os.replace(temporary, target)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+        with atomic_file(target, "wb") as stream:
+            _grid_image(_sample_images(info, positions)).save(stream, format="PNG")
         lines.append(f"grid: {target} ({count} random items, seed {seed})")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from ltray.errors import DataError
 
 if TYPE_CHECKING:
-    from ltray.data.lists import ItemList
+    from ltray.data.splits import ItemList
 
 CIFAR_IMAGE_SHAPE = (3, 32, 32)
 CIFAR_LAYOUT: dict[str, tuple[str, tuple[str, ...], str, str, int]] = {

@@ -128,10 +128,7 @@ class ItemList:
 
     def class_counts(self, num_classes: int) -> np.ndarray:
         """Number of items of each class 0..num_classes−1 (int64); labels outside that range raise DataError."""
-        if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= num_classes):
-            bad = int(self.labels[(self.labels < 0) | (self.labels >= num_classes)][0])
-            raise DataError(f"label {bad} is outside 0..{num_classes - 1}")
-        return np.bincount(self.labels, minlength=num_classes).astype(np.int64)
+        return np.bincount(_labels_vector(self.labels, num_classes), minlength=num_classes).astype(np.int64)
 
     def keys(self) -> np.ndarray:
         """One comparable key per item: the index, or the (source, path) pair joined by a tab."""
@@ -198,10 +195,6 @@ class Split:
     def head_to_tail(self) -> np.ndarray:
         """Class ids from head to tail by `D_i` count, ties by ascending class id."""
         return head_to_tail_order(self.pretrain_counts())
-
-    def validate(self, labels: np.ndarray | None = None) -> None:
-        """Run the load checks of data_and_eval.md §2; see `validate_split`."""
-        validate_split(self, labels)
 
 
 def role_summary(items: ItemList, num_classes: int) -> dict[str, Any]:

@@ -93,7 +93,6 @@ class TrainData(IndexSpace):
     def pool_size(self) -> int:
         return 0 if self.pool_images is None else len(self.pool_images)
 
-
     def images(self, index: np.ndarray) -> np.ndarray:
         """uint8 images [B, H, W, 3] for dataset indices."""
         index = np.asarray(index, dtype=np.int64)

@@ -11,15 +11,16 @@ Accuracies and differences are in % (points).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from ltray.storage import atomic_file
 
 COMPARISON_PNG, PER_CLASS_ALL_PNG = "comparison.png", "per_class_all.png"
 SWEEP_FIGURES = (COMPARISON_PNG, PER_CLASS_ALL_PNG)  # attached to the parent run by `ltray.tracking.sync`
@@ -32,14 +33,8 @@ def save_png(figure: Figure, path: Path) -> Path:
     """Write the figure as PNG via a temporary name in the same folder, then move it into place (an existing file
     is replaced only by a complete one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(handle)
-    try:
-        figure.savefig(temporary, format="png")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as stream:
+        figure.savefig(stream, format="png")
     return path
 
 
@@ -54,10 +49,19 @@ class RunFigures:
     counts: Sequence[int] = field(default_factory=list)
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
+
+
+def per_class_axes(axes: Any, xlabel: str) -> None:
+    """Log x axis of class counts, y axis of test accuracy (%) from -2 to 102, grid."""
+    axes.set_xscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_ylim(-2.0, 102.0)
+    axes.grid(True, which="both", alpha=0.3)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -72,7 +76,7 @@ def plot_comparison(runs: Mapping[str, Sequence[RunFigures]], path: Path, *, tit
     base_runs = runs.get(baseline, []) if baseline is not None else []
     others = [config for config in configs if base_runs and config != baseline]
     panels = 2 if others else 1
-    figure = _new_figure(max(6.0, 1.3 * len(configs) + 3.0) + (4.0 if others else 0.0), 4.5)
+    figure = new_figure(max(6.0, 1.3 * len(configs) + 3.0) + (4.0 if others else 0.0), 4.5)
     axes = figure.subplots(1, panels, squeeze=False, width_ratios=[2, 1] if others else [1])[0]
     width = 0.8 / len(HEADLINE)
     positions = np.arange(len(configs))
@@ -109,7 +113,7 @@ def plot_comparison(runs: Mapping[str, Sequence[RunFigures]], path: Path, *, tit
 
 def plot_per_class_all(runs: Mapping[str, Sequence[RunFigures]], path: Path, *, title: str) -> Path:
     """`per_class_all.png` (see the module docstring)."""
-    figure = _new_figure(7.5, 4.8)
+    figure = new_figure(7.5, 4.8)
     axes = figure.add_subplot()
     colours = [f"C{index}" for index in range(10)]
     every_count = [c for found in runs.values() for run in found for c in run.counts]
@@ -124,11 +128,7 @@ def plot_per_class_all(runs: Mapping[str, Sequence[RunFigures]], path: Path, *, 
         centres = [float(np.exp(np.log(counts[which == b]).mean())) for b in range(COUNT_BINS) if (which == b).any()]
         means = [float(accuracy[which == b].mean()) for b in range(COUNT_BINS) if (which == b).any()]
         axes.plot(centres, means, marker="o", color=colour, label=f"{config} (n={len(found)})")
-    axes.set_xscale("log")
-    axes.set_xlabel("pre-training images of the class (log scale)")
-    axes.set_ylabel("test accuracy (%)")
-    axes.set_ylim(-2.0, 102.0)
-    axes.grid(True, which="both", alpha=0.3)
+    per_class_axes(axes, "pre-training images of the class (log scale)")
     if axes.get_legend_handles_labels()[0]:  # no run with per-class accuracy: an empty plot, no legend
         axes.legend(loc="best", fontsize="small")
     axes.set_title(title)

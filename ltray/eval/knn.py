@@ -6,6 +6,7 @@ monitor is `ltray.train.monitor.knn_monitor`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,17 +73,13 @@ def knn_accuracy(
     test_labels: torch.Tensor,
     *,
     num_classes: int,
-    k: int = 200,
-    temperature: float = 0.1,
-    chunk_size: int = 1024,
+    **options: Any,
 ) -> KnnResult:
-    """kNN accuracy of `test_features` against the labelled bank `train_features` (see `knn_predict`)."""
+    """kNN accuracy of `test_features` against the labelled bank `train_features`; `options` (`k`, `temperature`,
+    `chunk_size`) as for `knn_predict`."""
     _check(train_features, train_labels, "train", num_classes)
     _check(test_features, test_labels, "test", num_classes)
-    predictions = knn_predict(
-        train_features, train_labels, test_features,
-        num_classes=num_classes, k=k, temperature=temperature, chunk_size=chunk_size,
-    )
+    predictions = knn_predict(train_features, train_labels, test_features, num_classes=num_classes, **options)
     targets = test_labels.to(predictions.device)
     per_class = per_class_accuracy(predictions, targets, num_classes)
     return KnnResult(

@@ -11,9 +11,9 @@ Units, used everywhere in ltray:
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ltray.errors import ConfigError, DataError
+from ltray.storage import Storage
 
 Grouping = Literal["thirds", "thresholds", "lotar_343"]
 GROUP_NAMES: tuple[str, str, str] = ("many", "medium", "few")
@@ -162,13 +163,11 @@ def long_tail_report(
     logits: torch.Tensor | None = None,
     targets: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Per-run metrics of data_and_eval.md §3.
-
-    Keys: `all` (class-balanced mean of a_c, %), `class_std` (population std of the a_c, in points of %); with
-    `groups`: `many`, `medium`, `few` (unweighted means over each group's classes, %) and `group_std` (population std
-    of the three group accuracies, in points of % as the papers' Std); with `logits` and `targets`: `top1`, `top5`
-    (sample-level, %). A group with no class gets NaN (with a warning), as does `group_std` then.
-    """
+    """Per-run metrics of data_and_eval.md §3. Keys: `all` (class-balanced mean of a_c, %), `class_std` (population
+    std of the a_c, in points of %); with `groups`: `many`, `medium`, `few` (unweighted means over each group's
+    classes, %) and `group_std` (population std of the three group accuracies, in points of % as the papers' Std);
+    with `logits` and `targets`: `top1`, `top5` (sample-level, %). A group with no class gets NaN (with a warning),
+    as does `group_std` then."""
     accuracy = np.asarray(per_class_acc, dtype=np.float64)
     if accuracy.ndim != 1 or accuracy.size == 0:
         raise DataError(f"per_class_acc must be a non-empty 1-D array, got shape {accuracy.shape}")
@@ -213,23 +212,17 @@ def evaluate_logits(
     return accuracy, long_tail_report(accuracy, groups, logits=logits, targets=targets)
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-
-
 def _numeric_keys(report: Mapping[str, object]) -> list[str]:
-    return [key for key, value in report.items() if key != "run" and _is_number(value)]
+    return [key for key, value in report.items() if key != "run"
+            and isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))]
 
 
 def summarize_runs(
     reports: Sequence[Mapping[str, object]], expected: Sequence[str] | None = None
 ) -> RunSummary:
-    """Mean and population std (ddof 0) of every figure over runs (data_and_eval.md §9).
-
-    Each report is a dict of numeric metrics; with `expected`, each must also carry its run name under "run".
-    Expected runs without a report are listed under "missing" and excluded, never imputed. Returns
-    {"n_runs", "runs", "missing", "mean": {metric: value}, "std": {metric: value}}.
-    """
+    """Mean and population std (ddof 0) of every figure over runs (data_and_eval.md §9). Each report is a dict of
+    numeric metrics; with `expected`, each must also carry its run name under "run". Expected runs without a report
+    are listed under "missing" and excluded, never imputed."""
     names = [str(report["run"]) if "run" in report else f"run{position}" for position, report in enumerate(reports)]
     if expected is not None:
         if any("run" not in report for report in reports):
@@ -273,13 +266,6 @@ def _summary_columns(rows: Sequence[SummaryRow]) -> list[str]:
     return [metric for metric in METRIC_LABELS if metric in present] + sorted(present - set(METRIC_LABELS))
 
 
-def _format_cell(metric: str, summary: RunSummary) -> str:
-    means: Mapping[str, float] = summary["mean"]
-    if metric not in means:
-        return "–"
-    return f"{means[metric]:.2f} ± {summary['std'][metric]:.2f}"
-
-
 def format_summary_table(rows: Sequence[SummaryRow]) -> str:
     """Markdown table of (configuration, summary) rows: mean ± std with 2 decimals, accuracies in %, Std and
     class-std in points of % (labelled in the header); missing runs listed in the last column."""
@@ -289,35 +275,34 @@ def format_summary_table(rows: Sequence[SummaryRow]) -> str:
     header = ["configuration", "n"] + [METRIC_LABELS.get(metric, metric) for metric in columns] + ["missing"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, summary in rows:
-        cells = [name, str(summary["n_runs"])] + [_format_cell(metric, summary) for metric in columns]
+        means, stds = summary["mean"], summary["std"]
+        cells = [name, str(summary["n_runs"])]
+        cells += [f"{means[metric]:.2f} ± {stds[metric]:.2f}" if metric in means else "–" for metric in columns]
         cells.append(", ".join(summary["missing"]) or "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_summary_csv(rows: Sequence[SummaryRow], path: str | os.PathLike[str]) -> None:
-    """Write the summaries as CSV (full precision; units as in this module's docstring), atomically."""
+def summary_csv(rows: Sequence[SummaryRow]) -> str:
+    """The summaries as CSV text (full precision; units as in this module's docstring)."""
     if not rows:
         raise ConfigError("no rows to write")
     columns = _summary_columns(rows)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", newline="", dir=target.parent, prefix=f".{target.name}.", delete=False)
-    try:
-        with handle:
-            writer = csv.writer(handle)
-            writer.writerow(
-                ["configuration", "n_runs", "missing"]
-                + [f"{metric}_{stat}" for metric in columns for stat in ("mean", "std")]
-            )
-            for name, summary in rows:
-                means: Mapping[str, float] = summary["mean"]
-                stds: Mapping[str, float] = summary["std"]
-                values = []
-                for metric in columns:
-                    values += [repr(means[metric]), repr(stds[metric])] if metric in means else ["", ""]
-                writer.writerow([name, summary["n_runs"], ";".join(summary["missing"])] + values)
-        os.replace(handle.name, target)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        ["configuration", "n_runs", "missing"] + [f"{metric}_{stat}" for metric in columns for stat in ("mean", "std")]
+    )
+    for name, summary in rows:
+        means: Mapping[str, float] = summary["mean"]
+        stds: Mapping[str, float] = summary["std"]
+        values = []
+        for metric in columns:
+            values += [repr(means[metric]), repr(stds[metric])] if metric in means else ["", ""]
+        writer.writerow([name, summary["n_runs"], ";".join(summary["missing"])] + values)
+    return buffer.getvalue()
+
+
+def write_summary_csv(rows: Sequence[SummaryRow], path: str | os.PathLike[str]) -> None:
+    """Write `summary_csv(rows)` atomically (`Storage.write_text`), with CSV's CRLF line ends."""
+    Storage(str(Path(path))).write_text(summary_csv(rows).replace("\n", "\r\n"))

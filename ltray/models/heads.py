@@ -35,28 +35,12 @@ def build_head(
             f"head sizes must be ≥ 1, got in_dim={in_dim}, out_dim={out_dim}, encoder_dim={encoder_dim}"
         )
     d = in_dim
-    if kind == "simclr":
+    if kind in ("simclr", "sdclr3"):
+        layers = [nn.Linear(d, d), make_batchnorm(d, dim=1, dual=dual_bn), nn.ReLU(inplace=True)]
+        if kind == "sdclr3":
+            layers += [nn.Linear(d, d, bias=False), make_batchnorm(d, dim=1, dual=dual_bn), nn.ReLU(inplace=True)]
         return ProjectionHead(
-            kind,
-            out_dim,
-            nn.Linear(d, d),
-            make_batchnorm(d, dim=1, dual=dual_bn),
-            nn.ReLU(inplace=True),
-            nn.Linear(d, out_dim, bias=False),
-            make_batchnorm(out_dim, dim=1, dual=dual_bn),
-        )
-    if kind == "sdclr3":
-        return ProjectionHead(
-            kind,
-            out_dim,
-            nn.Linear(d, d),
-            make_batchnorm(d, dim=1, dual=dual_bn),
-            nn.ReLU(inplace=True),
-            nn.Linear(d, d, bias=False),
-            make_batchnorm(d, dim=1, dual=dual_bn),
-            nn.ReLU(inplace=True),
-            nn.Linear(d, out_dim, bias=False),
-            make_batchnorm(out_dim, dim=1, dual=dual_bn),
+            kind, out_dim, *layers, nn.Linear(d, out_dim, bias=False), make_batchnorm(out_dim, dim=1, dual=dual_bn)
         )
     if kind == "lotar":
         return ProjectionHead(

@@ -46,8 +46,7 @@ def _order_statistic(abs_weights: torch.Tensor, k: int) -> float:
 
 def magnitude_threshold(abs_weights: torch.Tensor, ratio: float) -> float:
     """t_p = a₍min(⌈p·n⌉, n−1)₎ over the flattened |w| (sdclr.md §2). Defined for p ∈ [0, 1]."""
-    if not 0.0 <= ratio <= 1.0:
-        raise ConfigError(f"prune ratio must be in [0, 1], got {ratio!r}")
+    _check_fractions(ratio, 0.0)
     return _order_statistic(abs_weights, math.ceil(_decimal(ratio) * abs_weights.numel()))
 
 

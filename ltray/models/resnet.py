@@ -108,7 +108,7 @@ class Backbone(nn.Module):
         dual_bn: bool,
     ) -> None:
         super().__init__()
-        widths = [_scaled(c, width) for c in (64, 128, 256, 512)]
+        widths = [max(1, int(round(c * width))) for c in (64, 128, 256, 512)]
         self.normalize = InputNormalization()
         if imagenet_stem:
             self.conv1 = MaskedConv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
@@ -144,10 +144,6 @@ class Backbone(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(self.normalize(x)))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return torch.flatten(self.avgpool(x), 1)
-
-
-def _scaled(channels: int, width: float) -> int:
-    return max(1, int(round(channels * width)))
 
 
 def build_backbone(arch: str, *, width: float = 1.0, dual_bn: bool = False) -> Backbone:

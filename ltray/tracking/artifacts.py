@@ -8,20 +8,17 @@ import io
 import json
 import re
 import tempfile
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from mlflow.entities import Metric, Run
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
 from ltray.errors import DataError, LtrayError
-from ltray.eval.figures import save_png
-from ltray.eval.metrics import GROUP_NAMES, RunSummary, SummaryRow, summarize_runs, summary_metrics, write_summary_csv
+from ltray.eval.figures import new_figure, per_class_axes, save_png
+from ltray.eval.metrics import GROUP_NAMES, RunSummary, SummaryRow, summarize_runs, summary_metrics
 from ltray.eval.summary import sweep_markdown, sweep_title
 from ltray.tracking.runs import (
     ROLE_PARENT,
@@ -31,6 +28,7 @@ from ltray.tracking.runs import (
     TAG_ROLE,
     TAG_SWEEP,
     TAG_TRIAL,
+    log_metrics,
 )
 from ltray.tracking.store import check_tracking_reachable, sqlite_path
 
@@ -98,8 +96,7 @@ def plot_per_class(
     accuracy, counts = _checked(per_class_acc, train_counts)
     if counts.size and counts.min() <= 0:
         raise DataError("training counts must be positive for a log axis")
-    figure = Figure(figsize=(6.4, 4.4), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
+    figure = new_figure(6.4, 4.4)
     axes = figure.add_subplot()
     labels = np.asarray(_class_groups(groups, accuracy.size), dtype=object)
     for name in (*GROUP_NAMES, ""):
@@ -109,11 +106,7 @@ def plot_per_class(
                 counts[selected], accuracy[selected], s=14,
                 color=GROUP_COLOURS.get(name, "tab:gray"), label=name or None,
             )
-    axes.set_xscale("log")
-    axes.set_xlabel("training images of the class (log scale)")
-    axes.set_ylabel("test accuracy (%)")
-    axes.set_ylim(-2.0, 102.0)
-    axes.grid(True, which="both", alpha=0.3)
+    per_class_axes(axes, "training images of the class (log scale)")
     if groups:
         axes.legend(loc="lower right")
     if title:
@@ -136,16 +129,12 @@ def write_run_artifacts(
     return [table, plot]
 
 
-def _metric_prefix(config_name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_\-. :]", "_", config_name) + "/"
-
-
 def sweep_summary_metrics(summary_rows: Sequence[SummaryRow]) -> dict[str, float]:
     """Parent-run metrics `<metric>_mean`, `<metric>_std`, `n_runs` (data_and_eval.md §9); with several
     configurations in one sweep each key is prefixed by its configuration, e.g. `simclr/all_mean`."""
     metrics: dict[str, float] = {}
     for config_name, summary in summary_rows:
-        prefix = _metric_prefix(config_name) if len(summary_rows) > 1 else ""
+        prefix = re.sub(r"[^A-Za-z0-9_\-. :]", "_", config_name) + "/" if len(summary_rows) > 1 else ""
         metrics.update({f"{prefix}{key}": value for key, value in summary_metrics(summary).items()})
     return metrics
 
@@ -157,16 +146,10 @@ def log_sweep_summary(
     markdown: str,
     csv_text: str,
 ) -> dict[str, float]:
-    """Attach `summary.md` and `summary.csv` to the sweep's parent run and log its summary metrics.
-
-    `summary_rows` are (configuration name, `ltray.eval.metrics.summarize_runs` result) pairs. Configurations
-    without any complete run (n_runs 0) only contribute `n_runs`. Returns the logged metrics.
-    """
+    """Attach `summary.md` and `summary.csv` to the sweep's parent run and log its summary metrics (configurations
+    without any complete run, n_runs 0, only contribute `n_runs`); returns the logged metrics."""
     metrics = sweep_summary_metrics(summary_rows)
-    timestamp = int(time.time() * 1000)
-    entries = [Metric(key, float(value), timestamp, 0) for key, value in metrics.items()]
-    for start in range(0, len(entries), MAX_METRICS_PER_BATCH):
-        client.log_batch(parent_run_id, metrics=entries[start : start + MAX_METRICS_PER_BATCH])
+    log_metrics(client, parent_run_id, metrics)
     with tempfile.TemporaryDirectory(prefix="ltray-summary-") as folder:
         (Path(folder) / SUMMARY_MD).write_text(markdown)
         (Path(folder) / SUMMARY_CSV).write_text(csv_text)
@@ -174,37 +157,19 @@ def log_sweep_summary(
     return metrics
 
 
-def summary_csv(summary_rows: Sequence[SummaryRow]) -> str:
-    """The CSV text of `ltray.eval.metrics.write_summary_csv` for these rows."""
-    with tempfile.TemporaryDirectory(prefix="ltray-summary-") as folder:
-        path = Path(folder) / SUMMARY_CSV
-        write_summary_csv(summary_rows, path)
-        return path.read_text()
-
-
-def _all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> Iterator[Run]:
+def _paged(search: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[Any]:
+    """Every result of an MLflow search, page after page."""
     token: str | None = None
     while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token)
+        page = search(*args, max_results=1000, page_token=token, **kwargs)
         yield from page
         token = page.token
         if not token:
             return
 
 
-def _all_experiment_ids(client: MlflowClient) -> list[str]:
-    ids: list[str] = []
-    token: str | None = None
-    while True:
-        page = client.search_experiments(max_results=1000, page_token=token)
-        ids += [experiment.experiment_id for experiment in page]
-        token = page.token
-        if not token:
-            return ids
-
-
-def _empty_summary(missing: list[str]) -> RunSummary:
-    return {"n_runs": 0, "runs": [], "missing": missing, "mean": {}, "std": {}}
+def _all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str) -> Iterator[Run]:
+    return _paged(client.search_runs, experiment_ids, filter_string=filter_string)
 
 
 def _final_report(child: Run, trial: str) -> dict[str, object] | None:
@@ -218,13 +183,10 @@ def _final_report(child: Run, trial: str) -> dict[str, object] | None:
 
 
 def sweep_summary_rows(client: MlflowClient, parent: Run) -> list[SummaryRow]:
-    """Summaries of a sweep's child runs, grouped by their `ltray.config_key` tag (sorted by key).
-
-    A trial run again under the same name counts once, by its latest run. A trial counts when that run FINISHED
-    with its final figures; every other trial (failed, killed, still running, no final report) is listed as
-    missing and excluded, and so is every trial of the sweep's grid (`trials.json` on the parent run) that never
-    created a run.
-    """
+    """Summaries of a sweep's child runs, grouped by their `ltray.config_key` tag (sorted by key). A trial run again
+    under the same name counts once, by its latest run. A trial counts when that run FINISHED with its final figures;
+    every other trial (failed, killed, still running, no final report) is listed as missing and excluded, and so is
+    every trial of the sweep's grid (`trials.json` on the parent run) that never created a run."""
     children = _all_runs(client, [parent.info.experiment_id], f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'")
     latest: dict[str, dict[str, Run | None]] = {}
     for trial, config_key in sweep_grid(client, parent.info.run_id).items():
@@ -245,10 +207,9 @@ def summary_rows(reports: Mapping[str, Mapping[str, Mapping[str, object] | None]
     for config_key in sorted(reports):
         trials = reports[config_key]
         finished = [dict(report) for report in trials.values() if report is not None]
-        if finished:
-            rows.append((config_key, summarize_runs(finished, expected=list(trials))))
-        else:
-            rows.append((config_key, _empty_summary(list(trials))))
+        summary: RunSummary = (summarize_runs(finished, expected=list(trials)) if finished
+                               else {"n_runs": 0, "runs": [], "missing": list(trials), "mean": {}, "std": {}})
+        rows.append((config_key, summary))
     return rows
 
 
@@ -271,7 +232,7 @@ def find_sweep_parent(client: MlflowClient, sweep_name: str) -> Run:
     sweeps otherwise."""
     if not sweep_name or "'" in sweep_name or '"' in sweep_name:
         raise LtrayError(f"invalid sweep name {sweep_name!r}")
-    experiment_ids = _all_experiment_ids(client)
+    experiment_ids = [experiment.experiment_id for experiment in _paged(client.search_experiments)]
     parent_filter = f"tags.`{TAG_ROLE}` = '{ROLE_PARENT}'"
     parents = list(_all_runs(client, experiment_ids, f"tags.`{TAG_SWEEP}` = '{sweep_name}' and {parent_filter}"))
     if parents:

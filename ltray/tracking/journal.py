@@ -93,7 +93,7 @@ class TrialJournal:
 
     def store_file(self, source: Path, artifact_path: str) -> dict[str, Any]:
         """Copy `source` into the journal as the artifact `artifact_path`; returns its record (not yet appended)."""
-        self.folder.child(FILES_FOLDER, *artifact_path.split("/")).upload(source)
+        self.file(artifact_path).upload(source)
         return {"kind": "artifact", "path": artifact_path}
 
     def file(self, artifact_path: str) -> Storage:
@@ -150,6 +150,17 @@ def limit_http_retries_quietly() -> None:
     for key, value in HTTP_LIMITS.items():
         os.environ.setdefault(key, value)
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+
+
+def log_stored_artifact(client: Any, run_id: str, source: Storage, artifact_path: str) -> None:
+    """Log the file `source` on the sweep storage as the run's artifact `artifact_path` (through a local copy)."""
+    import tempfile
+
+    folder, _, name = artifact_path.rpartition("/")
+    with tempfile.TemporaryDirectory(prefix="ltray-journal-") as scratch:
+        local = Path(scratch) / name
+        source.download(local)
+        client.log_artifact(run_id, str(local), folder or None)
 
 
 class JournalUploader:
@@ -263,21 +274,12 @@ class JournalUploader:
         elif kind == "artifact":
             path = str(record["path"])
             if path not in self._artifacts:
-                self._upload_artifact(path)
+                log_stored_artifact(client, str(self.run_id), self.journal.file(path), path)
                 self._artifacts.add(path)
         elif kind == "final":
             if not self._final_sent:
                 tracking.log_final(self.run_id, record["figures"])
                 self._final_sent = True
-
-    def _upload_artifact(self, path: str) -> None:
-        import tempfile
-
-        folder, _, name = path.rpartition("/")
-        with tempfile.TemporaryDirectory(prefix="ltray-journal-") as scratch:
-            local = Path(scratch) / name
-            self.journal.file(path).download(local)
-            self._tracking.client.log_artifact(self.run_id, str(local), folder or None)
 
     # background ----------------------------------------------------------------------------------------------
     def start(self) -> JournalUploader:

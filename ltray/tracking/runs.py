@@ -47,10 +47,8 @@ TRUNCATION_MARK = "...[truncated]"
 
 
 def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested mappings become dotted keys; values become strings (lists/tuples via `str`, None as "None").
-
-    Values longer than MLflow's parameter limit are cut to the limit, ending in "...[truncated]".
-    """
+    """Nested mappings become dotted keys; values become strings (lists/tuples via `str`, None as "None"), cut to
+    MLflow's parameter limit when longer, ending in "...[truncated]"."""
     flat: dict[str, str] = {}
     for key, value in cfg.items():
         name = f"{prefix}{key}"
@@ -104,13 +102,17 @@ def _quoted(value: str, what: str) -> str:
     return f"'{value}'"
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Log `metrics` at `step`, one timestamp for all, in batches of MLflow's size limit."""
+    timestamp = int(time.time() * 1000)
+    entries = [Metric(key, float(value), timestamp, int(step)) for key, value in metrics.items()]
+    for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=chunk)
 
 
 def flatten_report(report: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -175,22 +177,19 @@ class SweepTracking:
 
     def find_parent(self, sweep_name: str) -> str | None:
         """The run id of the sweep's parent run in this experiment (the latest one if several), or None."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TAG_SWEEP}` = {_quoted(sweep_name, 'sweep name')} "
-            f"and tags.`{TAG_ROLE}` = '{ROLE_PARENT}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
+        return self._latest(f"tags.`{TAG_SWEEP}` = {_quoted(sweep_name, 'sweep name')} "
+                            f"and tags.`{TAG_ROLE}` = '{ROLE_PARENT}'")
+
+    def _latest(self, filter_string: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id], filter_string=filter_string,
+                                       order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0].info.run_id if runs else None
 
     def start_parent(
         self, sweep_name: str, params: Mapping[str, Any], tags: Mapping[str, str] | None = None
     ) -> str:
-        """Create the sweep's parent run, or reuse the existing one when resuming (same `ltray.sweep` tag).
-
-        A resumed sweep must have the same parameters: a changed value raises ConfigError, new ones are added.
-        """
+        """Create the sweep's parent run, or reuse the existing one when resuming (same `ltray.sweep` tag). A resumed
+        sweep must have the same parameters: a changed value raises ConfigError, new ones are added."""
         run_id = self.find_parent(sweep_name)
         all_tags = {**(tags or {}), TAG_SWEEP: sweep_name, TAG_ROLE: ROLE_PARENT}
         if run_id is None:
@@ -223,14 +222,8 @@ class SweepTracking:
 
     def find_child(self, parent_run_id: str, trial_name: str) -> str | None:
         """The run id of the trial's child run under `parent_run_id` (the latest one if several), or None."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TAG_PARENT}` = {_quoted(parent_run_id, 'run id')} "
-            f"and tags.`{TAG_TRIAL}` = {_quoted(trial_name, 'trial name')}",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        return runs[0].info.run_id if runs else None
+        return self._latest(f"tags.`{TAG_PARENT}` = {_quoted(parent_run_id, 'run id')} "
+                            f"and tags.`{TAG_TRIAL}` = {_quoted(trial_name, 'trial name')}")
 
     def resume_child(self, run_id: str) -> str:
         """Continue an existing trial run (same run id, marked RUNNING again); no new run is created."""
@@ -248,22 +241,14 @@ class SweepTracking:
 
     def log_epoch_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
         """Log one epoch's metrics (training loss, learning rate, kNN accuracy, ...) at `step` in one batch."""
-        timestamp = _now_ms()
-        entries = [Metric(key, float(value), timestamp, int(step)) for key, value in metrics.items()]
-        for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
-            self.client.log_batch(run_id, metrics=chunk)
+        log_metrics(self.client, run_id, metrics, step)
 
     def log_final(self, run_id: str, report: Mapping[str, Any]) -> dict[str, float]:
-        """Log the final evaluation figures (All, Many/Medium/Few, Std, class-std, few-shot, ...) as metrics.
-
-        Nested sections become dotted keys ("few_shot_1pct.all"). The keys are also recorded, in order, in the tag
-        `ltray.final_keys`, which the sweep summary reads back. Returns the flattened metrics.
-        """
+        """Log the final evaluation figures (All, Many/Medium/Few, Std, class-std, few-shot, ...) as metrics, nested
+        sections as dotted keys ("few_shot_1pct.all"); the keys are also recorded, in order, in the tag
+        `ltray.final_keys`, which the sweep summary reads back. Returns the flattened metrics."""
         flat = flatten_report(report)
-        timestamp = _now_ms()
-        entries = [Metric(key, value, timestamp, 0) for key, value in flat.items()]
-        for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
-            self.client.log_batch(run_id, metrics=chunk)
+        log_metrics(self.client, run_id, flat)
         self.client.set_tag(run_id, TAG_FINAL_KEYS, json.dumps(list(flat)))
         return flat
 

@@ -18,7 +18,6 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 from ltray.errors import LtrayError
 from ltray.guard import guarded
@@ -45,12 +44,10 @@ def _require_free(host: str, port: int) -> None:
 
 
 class MlflowServer:
-    """Context manager around `mlflow server`: started on enter, healthy before use, stopped on exit.
-
-    Layout under `store_dir`: `mlflow.db` (backend store), `artifacts/` (served through the server as
-    `mlflow-artifacts:/`), `server.log` (the server's stdout and stderr). The server binds 127.0.0.1 unless `host`
-    is given; binding a wider interface is the caller's explicit choice.
-    """
+    """Context manager around `mlflow server`: started on enter, healthy before use, stopped on exit. Layout under
+    `store_dir`: `mlflow.db` (backend store), `artifacts/` (served through the server as `mlflow-artifacts:/`),
+    `server.log` (the server's stdout and stderr). The server binds 127.0.0.1 unless `host` is given; binding a
+    wider interface is the caller's explicit choice."""
 
     def __init__(
         self,
@@ -196,12 +193,7 @@ class MlflowServer:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 

@@ -36,13 +36,11 @@ def sqlite_uri(db_path: Path) -> str:
 
 
 def resolve_tracking_uri(uri: str | None, workdir: Path) -> str:
-    """The tracking URI a run uses, validated and normalised.
-
-    Precedence: the explicit `uri`, then the `MLFLOW_TRACKING_URI` environment variable (set for every Ray container
-    of the cluster packaging), then `default_tracking_uri(workdir)`. A relative SQLite path or a bare path to a
-    `.db`/`.sqlite`/`.sqlite3` file is made absolute (relative to the current directory, as SQLAlchemy reads it), so
-    that Ray workers with another working directory write to the same database.
-    """
+    """The tracking URI a run uses, validated and normalised. Precedence: the explicit `uri`, then the
+    `MLFLOW_TRACKING_URI` environment variable (set for every Ray container of the cluster packaging), then
+    `default_tracking_uri(workdir)`. A relative SQLite path or a bare path to a `.db`/`.sqlite`/`.sqlite3` file is
+    made absolute (relative to the current directory, as SQLAlchemy reads it), so that Ray workers with another
+    working directory write to the same database."""
     chosen = uri if uri is not None else os.environ.get(TRACKING_URI_ENV) or None
     if chosen is None:
         return default_tracking_uri(workdir)
@@ -52,7 +50,12 @@ def resolve_tracking_uri(uri: str | None, workdir: Path) -> str:
     parsed = urllib.parse.urlsplit(chosen)
     scheme = parsed.scheme.lower()
     if not scheme:
-        return _bare_path_uri(chosen)
+        if Path(chosen).expanduser().suffix.lower() in SQLITE_SUFFIXES:
+            return sqlite_uri(Path(chosen))
+        raise ConfigError(
+            f"MLflow tracking URI {chosen!r} is neither a URI nor a SQLite file (.db, .sqlite, .sqlite3); "
+            "MLflow 3 refuses directory file stores such as ./mlruns; use sqlite:///<absolute path>.db or http(s)://"
+        )
     if scheme == "sqlite":
         return sqlite_uri(sqlite_path(chosen))
     if scheme in HTTP_SCHEMES:
@@ -71,16 +74,6 @@ def resolve_tracking_uri(uri: str | None, workdir: Path) -> str:
     raise ConfigError(
         f"unsupported MLflow tracking URI scheme {scheme!r} in {chosen!r}; "
         "use sqlite:///, http(s)://, postgresql://, mysql:// or mssql://"
-    )
-
-
-def _bare_path_uri(path_text: str) -> str:
-    path = Path(path_text).expanduser()
-    if path.suffix.lower() in SQLITE_SUFFIXES:
-        return sqlite_uri(path)
-    raise ConfigError(
-        f"MLflow tracking URI {path_text!r} is neither a URI nor a SQLite file (.db, .sqlite, .sqlite3); "
-        "MLflow 3 refuses directory file stores such as ./mlruns; use sqlite:///<absolute path>.db or http(s)://"
     )
 
 
@@ -103,8 +96,7 @@ def check_tracking_reachable(uri: str, timeout_s: float = 5.0) -> None:
       `MLFLOW_TRACKING_TOKEN` or `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD` are sent as MLflow sends them.
     - sqlite: the parent directory exists or can be created and is writable; an existing file must be an SQLite
       database that is empty or an MLflow store. The file is only read (never created, repaired or overwritten).
-    - SQL servers: a TCP connection to the database host and port within `timeout_s`.
-    """
+    - SQL servers: a TCP connection to the database host and port within `timeout_s`."""
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
     if scheme in HTTP_SCHEMES:
         _check_http(uri, timeout_s)

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ltray.errors import ConfigError
@@ -25,19 +24,19 @@ from ltray.tracking.journal import (
     POLL_S,
     RETRY_MAX_S,
     TRIAL_FILE,
+    Echo,
     JournalUploader,
     JournalView,
     TrackingUnavailable,
     TrialJournal,
     echo_line,
     journal_folder,
+    log_stored_artifact,
 )
 
 SWEEP_RECORD = "sweep.json"
 WAIT_ENV = "LTRAY_TRACKING_WAIT_S"
 DEFAULT_WAIT_S = 60.0
-
-Echo = Callable[[str], None]
 
 
 def tracking_wait_s() -> float:
@@ -79,11 +78,11 @@ def read_sweep_record(sweep_dir: Storage) -> SweepRecord:
     return SweepRecord(**json.loads(path.read_text()))
 
 
-def trial_journals(sweep_dir: Storage, grid: Mapping[str, str]) -> dict[str, TrialJournal]:
+def trial_journals(sweep_dir: Storage, grid: Iterable[str]) -> dict[str, TrialJournal]:
     return {trial: TrialJournal(journal_folder(sweep_dir, trial)) for trial in grid}
 
 
-def journal_views(sweep_dir: Storage, grid: Mapping[str, str]) -> dict[str, JournalView]:
+def journal_views(sweep_dir: Storage, grid: Iterable[str]) -> dict[str, JournalView]:
     """Every trial's journal read once (on URI storage each read is a GET per journal file)."""
     return {trial: journal.view() for trial, journal in trial_journals(sweep_dir, grid).items()}
 
@@ -103,7 +102,7 @@ def journal_summary_rows(sweep_dir: Storage, grid: Mapping[str, str],
     return summary_rows(reports)
 
 
-def close_unfinished(sweep_dir: Storage, grid: Mapping[str, str], status: str) -> list[str]:
+def close_unfinished(sweep_dir: Storage, grid: Iterable[str], status: str) -> list[str]:
     """Journal `status` for every trial that started and has not ended (its run would stay RUNNING); returns them."""
     closed = []
     for trial, journal in trial_journals(sweep_dir, grid).items():
@@ -129,8 +128,6 @@ def _sync_parent(sweep_dir: Storage, record: SweepRecord, tracking_uri: str, mar
                  rows: list[Any]) -> None:
     """The summary on the parent run (its metrics only where they differ from what the run holds), the sweep's
     figures (those it does not hold yet) and its status."""
-    import tempfile
-
     from mlflow.tracking import MlflowClient
 
     from ltray.eval.figures import SWEEP_FIGURES
@@ -145,9 +142,7 @@ def _sync_parent(sweep_dir: Storage, record: SweepRecord, tracking_uri: str, mar
     for name in SWEEP_FIGURES:
         figure = sweep_dir.child(name)
         if name not in held and figure.exists():
-            with tempfile.TemporaryDirectory(prefix="ltray-figure-") as scratch:
-                figure.download(Path(scratch) / name)
-                client.log_artifact(record.parent_run_id, str(Path(scratch) / name))
+            log_stored_artifact(client, record.parent_run_id, figure, name)
     if record.status is not None and parent.info.status != record.status:
         client.set_terminated(record.parent_run_id, status=record.status)
 
@@ -161,10 +156,9 @@ def sync_sweep(sweep_dir: Storage, record: SweepRecord, tracking_uri: str, markd
     from ltray.tracking.journal import limit_http_retries_quietly
 
     limit_http_retries_quietly()
-    journals = {trial: journal for trial, journal in trial_journals(sweep_dir, record.grid).items()
-                if journal.folder.child(TRIAL_FILE).exists()}
     uploaders = {trial: JournalUploader(journal, tracking_uri, record.experiment, echo)
-                 for trial, journal in journals.items()}
+                 for trial, journal in trial_journals(sweep_dir, record.grid).items()
+                 if journal.folder.child(TRIAL_FILE).exists()}
     result = SyncResult(pending=sorted(uploaders))
     parent_done = False
     started = time.monotonic()

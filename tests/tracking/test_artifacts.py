@@ -11,14 +11,13 @@ from mlflow.tracking import MlflowClient
 
 from ltray.cli import main
 from ltray.errors import DataError, LtrayError
-from ltray.eval.metrics import format_summary_table, summarize_runs
+from ltray.eval.metrics import format_summary_table, summarize_runs, summary_csv
 from ltray.eval.summary import sweep_markdown, sweep_title
 from ltray.tracking.artifacts import (
     fetch_sweep_summary,
     log_sweep_summary,
     per_class_table,
     plot_per_class,
-    summary_csv,
     sweep_summary_metrics,
     write_run_artifacts,
 )
