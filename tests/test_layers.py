@@ -18,6 +18,7 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 # docs/architecture.md.
 LAYERS = (
     "errors",
+    "ray_runtime",
     "shipped",
     "storage",
     "guard",

@@ -16,7 +16,7 @@ EXIT_USER_ERROR = 2
 CONFIG_DIR = shipped_config_dir()
 
 COMMON_HELP = """
-Ray: without --address (or with --address local) Ray starts in this process, node and dashboard bound to
+Ray: without --address (or with --address local) Ray starts in this process, its dashboard on
 127.0.0.1; --address auto joins the cluster of this node (e.g. one started with
 `ray start --head --node-ip-address 127.0.0.1`, or the driver of a `ray job submit`); host:port or ray://host:port
 name one. MLflow: --mlflow-uri, else $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; the store is checked

@@ -380,7 +380,7 @@ def run_sweep(spec: SweepSpec, options: SweepOptions, echo: Echo | None = None) 
     check_tracking_reachable(tracking_uri)
     wait_s = tracking_wait_s()
 
-    from ltray.cluster import runtime
+    from ltray import ray_runtime as runtime
 
     if options.address not in (None, "", "local"):
         runtime.use_token_auth_when_available()

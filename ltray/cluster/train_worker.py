@@ -262,7 +262,7 @@ def fit_training(cfg: Config, run_name: str, settings: TrainSettings, journal: T
         start_retries_within,
         wait_for_resources,
     )
-    from ltray.cluster.runtime import use_fast_train_reports
+    from ltray.ray_runtime import use_fast_train_reports
     from ltray.train.shard_embed import POOL_DATASET
 
     use_fast_train_reports()

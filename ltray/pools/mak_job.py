@@ -47,11 +47,11 @@ from ltray.pools.scoring import (
     ScoringSpec,
     embed_pool,
     load_scoring_model,
-    ray_session,
     read_scores,
     score_arrays,
     score_pool,
 )
+from ltray.ray_runtime import ray_session
 from ltray.select.kmeans import backend_name
 from ltray.select.mak import ecle, mak_run_name, mak_scores, mak_select, proximity
 

@@ -16,12 +16,11 @@ per-image augmentation), so a row's output is the same bits wherever Ray sends i
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -211,21 +210,6 @@ class ScoringActor:
         images = images_from_column(batch.column("image"), self.image_shape)
         columns = score_rows(self.model, images, index, index, self.spec, self.views)
         return pa.table({INDEX: pa.array(index, pa.int64()), **{k: _vector_column(v) for k, v in columns.items()}})
-
-
-@contextlib.contextmanager
-def ray_session() -> Iterator[None]:
-    """Use the running Ray instance, or start a local one for the block and shut it down afterwards."""
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    ray.init(include_dashboard=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 def block_rows(size: int, batch_size: int, actors: int, blocks_per_actor: int = 4, max_batches: int = 16) -> int:

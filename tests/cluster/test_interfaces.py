@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from ltray.cluster import interfaces
-from ltray.cluster.interfaces import INTERFACE_VARIABLES, interface_holding, use_node_interface
+from ltray import ray_runtime
+from ltray.ray_runtime import INTERFACE_VARIABLES, interface_holding, use_node_interface
 
 
 def test_loopback_address_is_on_the_loopback_interface():
@@ -15,7 +15,7 @@ def test_loopback_address_is_on_the_loopback_interface():
 
 def test_hook_sets_the_node_interface_and_keeps_user_values(monkeypatch):
     monkeypatch.setattr(os, "environ", dict(os.environ))  # what the hook sets must not reach later tests' processes
-    monkeypatch.setattr(interfaces, "node_address", lambda: "127.0.0.1")
+    monkeypatch.setattr(ray_runtime, "node_address", lambda: "127.0.0.1")
     monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
     monkeypatch.setenv("NCCL_SOCKET_IFNAME", "ib0")
     use_node_interface()

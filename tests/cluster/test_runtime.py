@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ltray.cluster.runtime import use_fast_train_reports, use_token_auth_when_available
+from ltray.ray_runtime import use_fast_train_reports, use_token_auth_when_available
 
 
 def test_token_mode_is_turned_on_only_when_a_token_exists_and_no_mode_was_chosen(tmp_path, monkeypatch):

@@ -1,20 +1,28 @@
-"""Connecting to Ray: join a running cluster (`auto`, `host:port`, `ray://...`) or start one in this process.
+"""Starting or joining Ray with ltray's settings: every place in ltray that needs Ray goes through `connect` (or
+`ray_session`, which also shuts down a cluster it started).
 
-A cluster started here binds its node and dashboard to 127.0.0.1 unless told otherwise. Ray 2.60 uses token
-authentication by default; a client joining a cluster needs that cluster's token (`RAY_AUTH_TOKEN_PATH`,
-`~/.ray/auth_token` or `RAY_AUTH_TOKEN`). Every Ray worker process of the job first runs
-`ltray.cluster.interfaces.use_node_interface` (gloo/NCCL on the node's own address).
+`connect` joins a running cluster (`auto`, `host:port`, `ray://...`) or starts one in this process. A cluster started
+here serves its dashboard on 127.0.0.1 unless told otherwise; its GCS and raylet listen on the node's address. Ray
+2.60 uses token authentication by default; a client joining a cluster needs that cluster's token
+(`RAY_AUTH_TOKEN_PATH`, `~/.ray/auth_token` or `RAY_AUTH_TOKEN`).
+
+Every Ray worker process of the job first runs `use_node_interface` (a Ray `worker_process_setup_hook`): gloo and
+NCCL pick their interface from the host name unless told otherwise (`GLOO_SOCKET_IFNAME`, `NCCL_SOCKET_IFNAME`);
+where the host name maps to 127.0.0.1, workers on two nodes then try to reach each other on loopback and the process
+group never forms. The hook points both at the interface that holds the address Ray assigned to the worker's node; a
+value the user set is left alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltray.cluster.interfaces import SETUP_HOOK
 from ltray.errors import LtrayError
 
 LOCALHOST = "127.0.0.1"
@@ -25,6 +33,43 @@ PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
 AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
+INTERFACE_VARIABLES = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+SETUP_HOOK = "ltray.ray_runtime.use_node_interface"
+
+
+def interface_holding(address: str) -> str | None:
+    """The name of the local interface with IPv4/IPv6 address `address`, or None."""
+    import psutil
+
+    for name, entries in psutil.net_if_addrs().items():
+        if any(entry.address.split("%", 1)[0] == address for entry in entries):
+            return name
+    return None
+
+
+def node_address() -> str | None:
+    """The address Ray assigned to the node this worker process runs on (None outside a Ray worker)."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id:
+            return str(node.get("NodeManagerAddress"))
+    return None
+
+
+def use_node_interface() -> None:
+    """Ray worker setup hook: point gloo and NCCL at the interface of this node's Ray address (unless set)."""
+    if all(variable in os.environ for variable in INTERFACE_VARIABLES):
+        return
+    address = node_address()
+    name = interface_holding(address) if address else None
+    if name is None:
+        return
+    for variable in INTERFACE_VARIABLES:
+        os.environ.setdefault(variable, name)
 
 
 @dataclass(frozen=True)
@@ -68,7 +113,7 @@ def connect(
     dashboard_host: str = LOCALHOST,
     dashboard_port: int | None = None,
 ) -> RayConnection:
-    """`address` None or "local": start Ray here (node on 127.0.0.1, dashboard on `dashboard_host`); "auto": the
+    """`address` None or "local": start Ray here (dashboard on `dashboard_host`); "auto": the
     cluster this node belongs to (or `RAY_ADDRESS`); "host:port" or "ray://host:port": that cluster. Already
     connected: reuse."""
     import ray
@@ -86,7 +131,7 @@ def connect(
     try:
         if local:
             info = ray.init(
-                address="local", num_cpus=num_cpus, num_gpus=num_gpus, _node_ip_address=LOCALHOST,
+                address="local", num_cpus=num_cpus, num_gpus=num_gpus,
                 include_dashboard=True, dashboard_host=dashboard_host, dashboard_port=dashboard_port,
                 runtime_env=runtime_env, logging_level=logging.WARNING,
                 logging_config=ray.LoggingConfig(log_level="WARNING"),
@@ -117,3 +162,14 @@ def disconnect() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_session() -> Iterator[RayConnection]:
+    """`connect()` for the block: reuse the running Ray, or start one here and shut it down afterwards."""
+    connection = connect()
+    try:
+        yield connection
+    finally:
+        if connection.started_here:
+            disconnect()
