@@ -46,7 +46,7 @@ from ltray.data.sources import ImageListSource
 from ltray.data.splits import ItemList, Split
 from ltray.data.train_data import IndexSpace
 from ltray.errors import ConfigError, DataError, TrainingDiverged
-from ltray.eval.features import extract_features_from_batches, module_device
+from ltray.eval.features import extract_features, module_device
 from ltray.eval.probe import ProbeResult, ProbeSchedule, fit_sgd_probe, frozen_backbone
 from ltray.models.contrastive import ContrastiveModel
 
@@ -116,7 +116,6 @@ class ListTrainData(IndexSpace):
         if self.pool_source is not None and (~is_id).any():
             out[~is_id] = self.pool_source.labels[index[~is_id] - self.num_id]
         return out
-
 
 
 # ----- per-item pipelines -----------------------------------------------------------------------------------
@@ -326,14 +325,8 @@ class ListViewLoader:
     ) -> np.ndarray:
         """L2-normalised head outputs of every item of `source` (inference transform, eval mode): the list
         counterpart of the loop's `embed_images`."""
-        was_training = model.training
-        model.eval()
-        out = []
-        with torch.no_grad():
-            for images in inference_batches(source, self.image_size, self.workers, batch_size, self.pin_memory):
-                out.append(F.normalize(model.embed(images.to(device)).float(), dim=1).cpu())
-        model.train(was_training)
-        return torch.cat(out).numpy()
+        batches = inference_batches(source, self.image_size, self.workers, batch_size, self.pin_memory)
+        return extract_features(model, batches, forward=model.embed, normalize=True, device=device).numpy()
 
 
 def inference_batches(
@@ -359,7 +352,7 @@ def source_features(
     """Backbone features [N, d] (float32, CPU) of `source` with the inference transform, in eval mode."""
     target = torch.device(device) if device is not None else module_device(backbone)
     batches = inference_batches(source, image_size, workers, batch_size, target.type == "cuda")
-    return extract_features_from_batches(backbone, batches, target)
+    return extract_features(backbone, batches, device=target)
 
 
 # ----- the sdclr_sgd probe through the frozen backbone ------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Frozen-backbone feature extraction with the inference transform (data_and_eval.md §4 "Inference", §8).
+"""Model outputs of images under the inference transform, in eval mode (data_and_eval.md §4 "Inference", §8).
 
 For CIFAR-size arrays the inference transform is ToTensor: uint8 NHWC in [0, 255] becomes float NCHW in [0, 1].
 Normalisation lives inside the backbone (§5), so nothing else is applied here.
@@ -6,11 +6,12 @@ Normalisation lives inside the backbone (§5), so nothing else is applied here.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ltray.errors import ConfigError, DataError
@@ -70,41 +71,34 @@ def _check_features(features: torch.Tensor, batch: int) -> torch.Tensor:
 
 @torch.no_grad()
 def extract_features(
-    backbone: nn.Module,
-    images: ImageArray,
+    model: nn.Module,
+    images: ImageArray | Iterable[torch.Tensor],
     batch_size: int = 512,
     device: torch.device | str | None = None,
+    *,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    normalize: bool = False,
 ) -> torch.Tensor:
-    """Features [N, d] (float32, on CPU) of `images` (uint8 NHWC or float NCHW), in eval mode and without grad.
+    """Outputs [N, d] (float32, on CPU) of `forward` (default: `model`, e.g. a backbone) on `images`, without grad and
+    with every submodule of `model` in eval mode, each one's mode restored afterwards (so it can serve as an epoch
+    monitor during training); `normalize` L2-normalises each output row.
 
-    `device` defaults to the backbone's; the backbone's train/eval modes are restored afterwards, so the function
-    can serve as an epoch monitor during training.
+    `images` is an array (uint8 NHWC or float NCHW) cut into batches of `batch_size`, or an iterable of batches
+    already transformed (e.g. a loader of the ImageNet inference pipeline: Resize 256 → CenterCrop 224 → ToTensor).
+    Each batch goes through `to_float_nchw` on `device` (default: the model's).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
-    target = torch.device(device) if device is not None else module_device(backbone)
+    target = torch.device(device) if device is not None else module_device(model)
+    batches: Iterable[ImageArray] = images
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        batches = (images[start : start + batch_size] for start in range(0, len(images), batch_size))
     outputs = []
-    with evaluating(backbone):
-        for start in range(0, len(images), batch_size):
-            batch = to_float_nchw(images[start : start + batch_size], target)
-            outputs.append(_check_features(backbone(batch), batch.shape[0]).cpu())
-    if not outputs:
-        raise DataError("no images to extract features from")
-    return torch.cat(outputs)
-
-
-@torch.no_grad()
-def extract_features_from_batches(
-    backbone: nn.Module, batches: Iterable[torch.Tensor], device: torch.device | str | None = None
-) -> torch.Tensor:
-    """Features [N, d] (float32, on CPU) of already-transformed float NCHW batches (e.g. the ImageNet inference
-    pipeline: Resize 256 → CenterCrop 224 → ToTensor), in eval mode and without grad."""
-    target = torch.device(device) if device is not None else module_device(backbone)
-    outputs = []
-    with evaluating(backbone):
+    with evaluating(model):
         for batch in batches:
             batch = to_float_nchw(batch, target)
-            outputs.append(_check_features(backbone(batch), batch.shape[0]).cpu())
+            features = _check_features((forward or model)(batch), batch.shape[0])
+            outputs.append((F.normalize(features, dim=1) if normalize else features).cpu())
     if not outputs:
         raise DataError("no images to extract features from")
     return torch.cat(outputs)

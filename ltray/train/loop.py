@@ -30,6 +30,7 @@ from ltray.data.list_data import ListViewLoader
 from ltray.data.loading import RunData, load_run_data
 from ltray.data.train_data import TrainData
 from ltray.errors import CheckpointError, ConfigError, TrainingDiverged
+from ltray.eval.features import extract_features
 from ltray.losses.gh import gh_two_stage_lr
 from ltray.method_names import parse_method
 from ltray.methods.base import EpochContext, Step
@@ -127,18 +128,11 @@ def _unwrap(model: nn.Module) -> ContrastiveModel:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model  # type: ignore[return-value]
 
 
-def embed_images(model: ContrastiveModel, images: np.ndarray, device: torch.device, batch: int = 512) -> np.ndarray:
+def embed_images(model: ContrastiveModel, images: np.ndarray, device: torch.device) -> np.ndarray:
     """L2-normalised 128-d head outputs in eval mode with the inference transform (no augmentation)."""
-    was_training = model.training
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch):
-            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch])).to(device)
-            x = x.permute(0, 3, 1, 2).float().div_(255.0)
-            out.append(nn.functional.normalize(model.embed(x).float(), dim=1).cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy() if out else np.zeros((0, 128), dtype=np.float32)
+    if len(images) == 0:
+        return np.zeros((0, 128), dtype=np.float32)
+    return extract_features(model, images, forward=model.embed, normalize=True, device=device).numpy()
 
 
 class Pretrainer:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ltray.errors import ConfigError, DataError
-from ltray.eval.features import evaluating, extract_features, extract_features_from_batches, to_float_nchw
+from ltray.eval.features import evaluating, extract_features, to_float_nchw
 
 ImageMaker = Callable[..., tuple[np.ndarray, np.ndarray]]
 
@@ -51,7 +51,7 @@ def test_extract_features_eval_mode_no_grad_and_modes_restored(
     torch.testing.assert_close(features, expected)
     torch.testing.assert_close(extract_features(tiny_backbone, images, batch_size=9), features)
     batches = [to_float_nchw(images[:5]), to_float_nchw(images[5:])]
-    torch.testing.assert_close(extract_features_from_batches(tiny_backbone, batches), features)
+    torch.testing.assert_close(extract_features(tiny_backbone, batches), features)
 
 
 def test_extract_features_rejects_bad_backbone_and_input(
