@@ -6,6 +6,7 @@ digits-lt and the main job's `--dry-run`. The fresh environment borrows the test
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -26,10 +27,16 @@ def _run(argv: list[str], cwd: Path, timeout: float = 300.0) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The `bin/` folder of a fresh virtual environment with ltray installed from a freshly built wheel."""
+    """The `bin/` folder of a fresh virtual environment with ltray installed from a freshly built wheel. The wheel is
+    built from a copy of the package's sources: setuptools builds in the source tree's `build/`, whose leftovers
+    (modules deleted since) would otherwise go into the wheel."""
     base = tmp_path_factory.mktemp("wheel")
+    source = base / "source"
+    shutil.copytree(ROOT / "ltray", source / "ltray", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
     built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                  str(base / "dist"), str(ROOT)], base)
+                  str(base / "dist"), str(source)], base)
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next((base / "dist").glob("ltray-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
