@@ -83,26 +83,19 @@ def _array_probes(
     figures: dict[str, float] = {}
     per_class: dict[str, list[float]] = {}
     seed = cfg.run.seed
-    if e.protocol == "sdclr_sgd":
-        if e.full_shot:
-            val_x, val_y = data.role_images("val")
-            result = sdclr_sgd_probe(
-                backbone, full_x, full_y, val_x, val_y, test_x, test_y, data.num_classes,
-                schedule=scaled_schedule(CIFAR_FULL, e.probe_epochs_scale), device=device, seed=seed, groups=groups,
-                augment=e.probe_augment,
-            )
-            figures.update(_flat("full", result.report))
-            per_class["full"] = result.per_class_acc.tolist()
-        if e.few_shot:
-            val_x, val_y = data.role_images("val")
-            few_x, few_y = data.role_images("S_b")
-            result = sdclr_sgd_probe(
-                backbone, few_x, few_y, val_x, val_y, test_x, test_y, data.num_classes,
-                schedule=scaled_schedule(CIFAR_FEW, e.probe_epochs_scale), device=device, seed=seed, groups=groups,
-                augment=e.probe_augment,
-            )
-            figures.update(_flat("few", result.report))
-            per_class["few"] = result.per_class_acc.tolist()
+    shots = (("full", e.full_shot, CIFAR_FULL), ("few", e.few_shot, CIFAR_FEW))
+    for shot, wanted, schedule in shots if e.protocol == "sdclr_sgd" else ():
+        if not wanted:
+            continue
+        val_x, val_y = data.role_images("val")
+        train_x, train_y = (full_x, full_y) if shot == "full" else data.role_images("S_b")
+        result = sdclr_sgd_probe(
+            backbone, train_x, train_y, val_x, val_y, test_x, test_y, data.num_classes,
+            schedule=scaled_schedule(schedule, e.probe_epochs_scale), device=device, seed=seed, groups=groups,
+            augment=e.probe_augment,
+        )
+        figures.update(_flat(shot, result.report))
+        per_class[shot] = result.per_class_acc.tolist()
     if e.protocol == "sdclr_sgd":  # only the k-shot probe reads train features: extract its draws' rows alone
         train_features = rows_features(backbone, full_x, kshot_rows(full_y, e.kshot, e.kshot_draws, seed), device)
     else:

@@ -115,13 +115,6 @@ def load_pool(cfg: Config, image_size: int) -> ArraySource:
     raise ConfigError(f"method.colt.pool={c.pool} is not an array pool")
 
 
-def load_extra_data(path: str) -> tuple[ArraySource, np.ndarray]:
-    """A MAK selection (`ltray mak sample` output): the pool it indexes and the selected positions."""
-    from ltray.data.selection import read_selection
-
-    return read_selection(path)
-
-
 def load_run_data(cfg: Config) -> RunData:
     from ltray.method_names import parse_method
 
@@ -144,7 +137,9 @@ def load_run_data(cfg: Config) -> RunData:
         if cfg.method.colt.budget > len(pool):
             raise ConfigError(f"method.colt.budget={cfg.method.colt.budget} exceeds the pool size {len(pool)}")
     elif cfg.data.extra_data:
-        pool, active = load_extra_data(cfg.data.extra_data)
+        from ltray.data.selection import read_selection
+
+        pool, active = read_selection(cfg.data.extra_data)  # a MAK selection: the pool it indexes, the chosen positions
         pool_images, pool_labels = pool.images, pool.labels
     train = TrainData(
         id_images=base_train.take(subset.indices),
