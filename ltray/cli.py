@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ltray.config import MakConfig
 from ltray.errors import ConfigError, LtrayError
 from ltray.method_names import parse_method
 
@@ -154,27 +156,16 @@ def cmd_mak_sample(args: argparse.Namespace) -> int:
     from ltray.pools import mak_job
     from ltray.tracking.store import resolve_tracking_uri
 
+    args.overrides += [f"method.mak.{f.name}={getattr(args, f.name)}" for f in dataclasses.fields(MakConfig)
+                       if "flag" in f.metadata and getattr(args, f.name) is not None]
     cfg = _load(args)
     if args.no_mlflow and args.mlflow_uri:
         raise ConfigError("--no-mlflow and --mlflow-uri exclude each other")
     uri = None if args.no_mlflow else resolve_tracking_uri(args.mlflow_uri, Path.cwd())
-    chosen = {key: getattr(args, key) for key in MAK_FLAGS if getattr(args, key) is not None}
-    params = mak_job.MakParams(**chosen)
     out = mak_job.mak_sample(cfg, checkpoint=args.checkpoint, pool=args.pool, out=args.out, budget=args.budget,
-                             passes=args.passes, actors=args.actors, mlflow_uri=uri, params=params)
+                             passes=args.passes, actors=args.actors, mlflow_uri=uri)
     print(out)
     return 0
-
-
-# `ltray mak sample` flags: MakParams field -> (type, help); unset flags keep the defaults of docs/math/mak.md §8
-MAK_FLAGS: dict[str, tuple[type, str]] = {
-    "loss_weight": (float, "w, the weight of ECLE tailness against proximity (default 0.5)"),
-    "core_ratio": (float, "core set size as a multiple of the budget (default 1.5)"),
-    "clusters": (int, "K_p, k-means clusters of the ID features for proximity (default 10)"),
-    "regroupings": (int, "Q, ECLE regroupings per pass pair (default 10)"),
-    "ecle_seed": (int, "seed of the ECLE regroupings (default 0)"),
-    "kmeans_seed": (int, "seed of the proximity k-means (default 0)"),
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,8 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("--budget", type=int, required=True)
     ms.add_argument("--passes", type=int, default=10, help="augmented passes R for ECLE (default 10)")
     ms.add_argument("--actors", type=int, default=1, help="Ray Data scoring actors (default 1)")
-    for key, (kind, text) in MAK_FLAGS.items():
-        ms.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, help=text)
+    for f in (f for f in dataclasses.fields(MakConfig) if "flag" in f.metadata):  # a flag sets method.mak.<field>
+        ms.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=type(f.default),
+                        help=f"{f.metadata['flag']} (default {f.default})")
     ms.add_argument("--mlflow-uri", help="tracking URI of the run that logs the parameters, score histograms and "
                                          "selection (default: $MLFLOW_TRACKING_URI, else sqlite mlflow.db here)")
     ms.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow")

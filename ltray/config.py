@@ -18,6 +18,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from ltray.errors import ConfigError
+from ltray.method_names import parse_method
 
 ARRAY_DATASETS = ("scenes-lt", "digits-lt", "cifar10", "cifar100")
 LIST_DATASETS = ("imagenet100", "imagenet-lt", "places-lt")
@@ -63,10 +64,19 @@ class SDCLRConfig:
     head_layers: int = 3
     mask_seed: int = 0
 
+    def validate(self, cfg: Config) -> None:
+        _check(0 <= self.prune_ratio <= 1, f"method.sdclr.prune_ratio must be in [0, 1], got {self.prune_ratio}")
+        _check(0 <= self.random_prune_fraction <= self.prune_ratio,
+               "method.sdclr.random_prune_fraction must be in [0, prune_ratio]")
+        _one_of(self.head_layers, (2, 3), "method.sdclr.head_layers")
+
 
 @dataclass
 class FocalConfig:
     gamma: float = 2.0
+
+    def validate(self, cfg: Config) -> None:
+        _check(self.gamma >= 0, f"method.focal.gamma must be >= 0, got {self.gamma}")
 
 
 @dataclass
@@ -75,12 +85,21 @@ class LoTaRConfig:
     sign: int = 1
     detach_weight: bool = False
 
+    def validate(self, cfg: Config) -> None:
+        _one_of(self.distance, ("euclid_raw", "euclid_norm", "cosine"), "method.lotar.distance")
+        _one_of(self.sign, (1, -1), "method.lotar.sign")
+
 
 @dataclass
 class BCLConfig:
     beta: float = 0.97
     rand_k: int = 1
     strength: int = 30
+
+    def validate(self, cfg: Config) -> None:
+        _check(0 <= self.beta < 1, "method.bcl.beta must be in [0, 1)")
+        _check(self.rand_k >= 1, "method.bcl.rand_k must be >= 1")
+        _check(0 < self.strength <= 30, "method.bcl.strength must be in (0, 30]")
 
 
 @dataclass
@@ -94,6 +113,24 @@ class GHConfig:
     target_construction: str = "qr"
     approximate_target: bool = False
     target_seed: int = 0
+
+    def validate(self, cfg: Config) -> None:
+        epochs = cfg.optim.epochs
+        _check(self.target_dim >= 2, "method.gh.target_dim must be >= 2")
+        _check(self.warmup >= 0, f"method.gh.warmup must be >= 0, got {self.warmup}")
+        _check(not parse_method(cfg.method.name).has("gh") or self.warmup < epochs,
+               f"method.gh.warmup={self.warmup} leaves GH off for the whole run (its weight is 0 up to epoch "
+               f"{self.warmup}, optim.epochs={epochs}): set method.gh.warmup below {epochs}")
+        _check(self.ramp_epochs >= 1, "method.gh.ramp_epochs must be >= 1")
+        _check(0 <= self.beta < 1, "method.gh.beta must be in [0, 1)")
+        _check(self.sinkhorn_iters >= 1, "method.gh.sinkhorn_iters must be >= 1")
+        _one_of(self.prior_refresh, ("iteration", "epoch_end"), "method.gh.prior_refresh")
+        _one_of(self.target_construction, ("qr", "polar"), "method.gh.target_construction")
+        if self.target_dim > 128 + 1 and not self.approximate_target:
+            raise ConfigError(
+                f"method.gh.target_dim={self.target_dim} exceeds d+1=129: no simplex ETF exists; "
+                "set method.gh.approximate_target=true to use an approximate target"
+            )
 
 
 @dataclass
@@ -112,21 +149,66 @@ class COLTConfig:
     pool_path: str | None = None
     pool_size: int = 10000
 
+    def validate(self, cfg: Config) -> None:
+        epochs = cfg.optim.epochs
+        _check(self.warmup >= 0, f"method.colt.warmup must be >= 0, got {self.warmup}")
+        _check(self.interval >= 1, f"method.colt.interval must be >= 1, got {self.interval}")
+        _check(not parse_method(cfg.method.name).has("colt") or self.warmup < epochs,
+               f"method.colt.warmup={self.warmup} leaves COLT off for the whole run (its first resample starts "
+               f"epoch {self.warmup + 1}, optim.epochs={epochs}): set method.colt.warmup below {epochs}")
+        _check(self.budget >= 1, f"method.colt.budget must be >= 1, got {self.budget}")
+        _check(self.topk >= 1, "method.colt.topk must be >= 1")
+        _check(self.clusters >= 1, "method.colt.clusters must be >= 1")
+        _check(self.cluster_temperature > 0, "method.colt.cluster_temperature must be > 0")
+        _check(0 <= self.beta < 1, "method.colt.beta must be in [0, 1)")
+        _check(self.sup_weight >= 0, "method.colt.sup_weight must be >= 0")
+        _one_of(self.lr_total, ("reference", "exact"), "method.colt.lr_total")
+        _one_of(self.pool, ("embedded", "random300k", "list", "parquet"), "method.colt.pool")
+        _check(self.pool_size >= 1, "method.colt.pool_size must be >= 1")
+
 
 @dataclass
 class MakConfig:
-    """MAK run as a sweep method (docs/math/mak.md §1, §8): the candidate pool, the budget and the sampling
-    parameters. `pool` is `embedded` (the embedded OOD pool, `pool_size` items) or a pool folder made by
-    `ltray pool import`; `extractor_epochs` 0 trains the feature extractor for `optim.epochs`."""
+    """MAK (docs/math/mak.md §1, §8): the candidate pool and budget of a sweep trial and every sampling parameter,
+    read by `ltray.pools.mak_job.mak_sample`. `pool` is `embedded` (the embedded OOD pool, `pool_size` items) or a
+    pool folder made by `ltray pool import`; `extractor_epochs` 0 trains the feature extractor for `optim.epochs`.
+    A field with `flag` help is also an `ltray mak sample` flag."""
 
     pool: str = "embedded"
     pool_size: int = 10000
     budget: int = 10000
-    passes: int = 10
-    loss_weight: float = 0.5
-    core_ratio: float = 1.5
-    clusters: int = 10
+    passes: int = 10  # R
+    loss_weight: float = field(default=0.5, metadata={"flag": "w, the weight of ECLE tailness against proximity"})
+    core_ratio: float = field(default=1.5, metadata={"flag": "core set size as a multiple of the budget"})
+    clusters: int = field(default=10, metadata={"flag": "K_p, k-means clusters of the ID features for proximity"})
+    regroupings: int = field(default=10, metadata={"flag": "Q, ECLE regroupings per pass pair"})
+    ecle_batch: int = 512  # B_E
+    ecle_temperature: float = 0.2  # τ_E
+    ecle_seed: int = field(default=0, metadata={"flag": "seed of the ECLE regroupings"})
+    kmeans_seed: int = field(default=0, metadata={"flag": "seed of the proximity k-means"})
+    scoring_batch: int = 256
     extractor_epochs: int = 0
+
+    def validate(self, cfg: Config) -> None:
+        _check(bool(self.pool.strip()), "method.mak.pool must be 'embedded' or a pool folder")
+        _check(self.pool_size >= 1, f"method.mak.pool_size must be >= 1, got {self.pool_size}")
+        _check(self.budget >= 1, f"method.mak.budget must be >= 1, got {self.budget}")
+        _check(self.pool != "embedded" or self.budget <= self.pool_size,
+               f"method.mak.budget={self.budget} exceeds method.mak.pool_size={self.pool_size}")
+        _check(self.passes >= 2, f"method.mak.passes must be >= 2 (ECLE needs two augmented passes), got {self.passes}")
+        _check(0 <= self.loss_weight <= 1,
+               f"method.mak.loss_weight must be in [0, 1], got {self.loss_weight} (the loss weight w must lie in [0, 1])")
+        _check(self.core_ratio > 0, f"method.mak.core_ratio must be > 0, got {self.core_ratio}")
+        _check(self.clusters >= 1, f"method.mak.clusters must be >= 1, got {self.clusters}")
+        _check(min(self.regroupings, self.ecle_batch, self.scoring_batch) >= 1,
+               "mak clusters, regroupings, ECLE batch and scoring batch must be >= 1")
+        _check(self.ecle_temperature > 0, f"the ECLE temperature must be > 0, got {self.ecle_temperature}")
+        _check(self.extractor_epochs >= 0, f"method.mak.extractor_epochs must be >= 0, got {self.extractor_epochs}")
+        d = cfg.data
+        _check(not parse_method(cfg.method.name).has("mak") or self.pool != "embedded" or bool(d.extra_data)
+               or d.dataset in ("scenes-lt", "digits-lt"),
+               f"method.mak.pool=embedded has 16x16 images; {d.dataset} needs a pool folder of its image size "
+               "(ltray pool import)")
 
 
 # The option sections of method parts added as plugins (`ltray.methods.registry.register(name, config=...)`): each
@@ -167,6 +249,11 @@ class MethodConfig:
         if plugins is not None and name in plugins:
             return plugins[name]
         raise AttributeError(f"method config has no section {name!r}")
+
+    def sections(self) -> list[Any]:
+        """Every part's option section: the shipped ones, then the plugins'."""
+        values = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        return [value for value in values if dataclasses.is_dataclass(value)] + list(self.plugins.values())
 
 
 @dataclass
@@ -416,8 +503,6 @@ def _one_of(value: Any, allowed: tuple[Any, ...], key: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Check every value and every combination; raise ConfigError on the first problem."""
-    from ltray.method_names import parse_method
-
     d, m, mo, o, e, r = cfg.data, cfg.method, cfg.model, cfg.optim, cfg.eval, cfg.run
     _one_of(d.dataset, DATASETS, "data.dataset")
     _check(d.split >= 1, f"data.split must be >= 1, got {d.split}")
@@ -432,65 +517,7 @@ def validate(cfg: Config) -> None:
     _check(mo.width > 0, f"model.width must be > 0, got {mo.width}")
     _check(m.temperature > 0, f"method.temperature must be > 0, got {m.temperature}")
     parse_method(m.name)
-    _check(0 <= m.sdclr.prune_ratio <= 1, f"method.sdclr.prune_ratio must be in [0, 1], got {m.sdclr.prune_ratio}")
-    _check(
-        0 <= m.sdclr.random_prune_fraction <= m.sdclr.prune_ratio,
-        "method.sdclr.random_prune_fraction must be in [0, prune_ratio]",
-    )
-    _one_of(m.sdclr.head_layers, (2, 3), "method.sdclr.head_layers")
-    _check(m.focal.gamma >= 0, f"method.focal.gamma must be >= 0, got {m.focal.gamma}")
-    _one_of(m.lotar.distance, ("euclid_raw", "euclid_norm", "cosine"), "method.lotar.distance")
-    _one_of(m.lotar.sign, (1, -1), "method.lotar.sign")
-    _check(0 <= m.bcl.beta < 1, "method.bcl.beta must be in [0, 1)")
-    _check(m.bcl.rand_k >= 1, "method.bcl.rand_k must be >= 1")
-    _check(0 < m.bcl.strength <= 30, "method.bcl.strength must be in (0, 30]")
-    _check(m.gh.target_dim >= 2, "method.gh.target_dim must be >= 2")
-    _check(m.gh.warmup >= 0, f"method.gh.warmup must be >= 0, got {m.gh.warmup}")
-    method = parse_method(m.name)
-    _check(not method.has("gh") or m.gh.warmup < o.epochs,
-           f"method.gh.warmup={m.gh.warmup} leaves GH off for the whole run (its weight is 0 up to epoch "
-           f"{m.gh.warmup}, optim.epochs={o.epochs}): set method.gh.warmup below {o.epochs}")
-    _check(m.gh.ramp_epochs >= 1, "method.gh.ramp_epochs must be >= 1")
-    _check(0 <= m.gh.beta < 1, "method.gh.beta must be in [0, 1)")
-    _check(m.gh.sinkhorn_iters >= 1, "method.gh.sinkhorn_iters must be >= 1")
-    _one_of(m.gh.prior_refresh, ("iteration", "epoch_end"), "method.gh.prior_refresh")
-    _one_of(m.gh.target_construction, ("qr", "polar"), "method.gh.target_construction")
-    if m.gh.target_dim > 128 + 1 and not m.gh.approximate_target:
-        raise ConfigError(
-            f"method.gh.target_dim={m.gh.target_dim} exceeds d+1=129: no simplex ETF exists; "
-            "set method.gh.approximate_target=true to use an approximate target"
-        )
-    c = m.colt
-    _check(c.warmup >= 0, f"method.colt.warmup must be >= 0, got {c.warmup}")
-    _check(c.interval >= 1, f"method.colt.interval must be >= 1, got {c.interval}")
-    _check(not method.has("colt") or c.warmup < o.epochs,
-           f"method.colt.warmup={c.warmup} leaves COLT off for the whole run (its first resample starts epoch "
-           f"{c.warmup + 1}, optim.epochs={o.epochs}): set method.colt.warmup below {o.epochs}")
-    _check(c.budget >= 1, f"method.colt.budget must be >= 1, got {c.budget}")
-    _check(c.topk >= 1, "method.colt.topk must be >= 1")
-    _check(c.clusters >= 1, "method.colt.clusters must be >= 1")
-    _check(c.cluster_temperature > 0, "method.colt.cluster_temperature must be > 0")
-    _check(0 <= c.beta < 1, "method.colt.beta must be in [0, 1)")
-    _check(c.sup_weight >= 0, "method.colt.sup_weight must be >= 0")
-    _one_of(c.lr_total, ("reference", "exact"), "method.colt.lr_total")
-    _one_of(c.pool, ("embedded", "random300k", "list", "parquet"), "method.colt.pool")
-    _check(c.pool_size >= 1, "method.colt.pool_size must be >= 1")
-    k = m.mak
-    _check(bool(k.pool.strip()), "method.mak.pool must be 'embedded' or a pool folder")
-    _check(k.pool_size >= 1, f"method.mak.pool_size must be >= 1, got {k.pool_size}")
-    _check(k.budget >= 1, f"method.mak.budget must be >= 1, got {k.budget}")
-    _check(k.pool != "embedded" or k.budget <= k.pool_size,
-           f"method.mak.budget={k.budget} exceeds method.mak.pool_size={k.pool_size}")
-    _check(k.passes >= 2, f"method.mak.passes must be >= 2 (ECLE needs two augmented passes), got {k.passes}")
-    _check(0 <= k.loss_weight <= 1, f"method.mak.loss_weight must be in [0, 1], got {k.loss_weight}")
-    _check(k.core_ratio > 0, f"method.mak.core_ratio must be > 0, got {k.core_ratio}")
-    _check(k.clusters >= 1, f"method.mak.clusters must be >= 1, got {k.clusters}")
-    _check(k.extractor_epochs >= 0, f"method.mak.extractor_epochs must be >= 0, got {k.extractor_epochs}")
-    if parse_method(m.name).has("mak") and k.pool == "embedded" and not d.extra_data:
-        _check(d.dataset in ("scenes-lt", "digits-lt"),
-               f"method.mak.pool=embedded has 16x16 images; {d.dataset} needs a pool folder of its image size "
-               "(ltray pool import)")
-    for section in m.plugins.values():
+    for section in m.sections():
         if hasattr(section, "validate"):
             section.validate(cfg)
     _one_of(o.optimizer, ("sgd", "lars"), "optim.optimizer")

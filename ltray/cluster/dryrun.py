@@ -7,12 +7,9 @@ what each trial costs without starting Ray or MLflow and without reading image d
   `data.splits_dir`); without a manifest, the counts of docs/math/data_and_eval.md §1-§2; for image-list data sets the
   line count of `data.train_list` when that file exists, else the size the published list is known to have
   (ImageNet-100-LT, ImageNet-LT); otherwise unknown, and said so.
-- **Images processed** (each image gives two augmented views): epochs × N; with COLT, warm-up epochs × N plus the
-  remaining epochs × (N + budget) (docs/math/colt.md §1, §5), and at every resample the whole pool plus the ID set is
-  embedded once (docs/math/colt.md §2), counted as inference images; with MAK's extra data (`data.extra_data`), the
-  selection's size is added to N; a MAK trial without it runs MAK's pipeline: the extractor's epochs × N, the
-  pool's inference passes (once plain, `method.mak.passes` times augmented) and the ID set's as inference images,
-  then epochs × (N + budget) of retraining.
+- **Images processed** (each image gives two augmented views): epochs × N, N counting a MAK selection
+  (`data.extra_data`), plus what each method part adds (`Component.cost`: COLT's pool items and pool embeddings,
+  MAK's extractor, inference passes and retraining on the selection).
 - **Time**: images / the measured images per second of the trial's (device, arch, image size, width) in
   `throughput.json`, times the number of workers (linear DDP scaling, an optimistic assumption); an inference image
   costs `INFERENCE_COST` of a training image (one view forward against two views forward and backward, backward ≈
@@ -41,7 +38,6 @@ CPU_DEVICE = "cpu"
 DEFAULT_GPU_KIND = "nvidia-h100"
 LIST_IMAGE_SIZE = 224  # ltray.data.list_data.LIST_IMAGE_SIZE (not imported: that module pulls in the loaders)
 ARRAY_IMAGE_SIZE = {"scenes-lt": 16, "digits-lt": 16, "cifar10": 32, "cifar100": 32}
-RANDOM_300K_SIZE = 300_000  # docs/math/colt.md §2
 # Training-set sizes when no manifest or list file is at hand: (data set, protocol, subset) → (images, source).
 SPEC_TRAIN_SIZES: dict[tuple[str, str, str], tuple[int, str]] = {
     ("cifar10", "sdclr", "D_i"): (11_165, "docs/math/data_and_eval.md §1"),
@@ -151,43 +147,18 @@ def train_set_size(cfg: Config) -> tuple[int | None, str]:
     return None, f"unknown (no split manifest or list file for {d.dataset} {d.subset})"
 
 
-def pool_size(cfg: Config) -> int | None:
-    """Size of COLT's pool without reading images: the embedded pool's configured size, 300 000 for the 300K
-    Random Images array, the line count of a list pool file; None when unknown."""
-    c = cfg.method.colt
-    if c.pool == "embedded":
-        return c.pool_size
-    if c.pool == "random300k":
-        return RANDOM_300K_SIZE
-    if c.pool == "list" and c.pool_path and Path(c.pool_path).is_file():
-        return _count_lines(Path(c.pool_path))
-    if c.pool == "parquet" and c.pool_path:
-        return pool_folder_size(Path(c.pool_path))
-    return None
-
-
-def mak_pool_size(cfg: Config) -> int | None:
-    """Size of a MAK trial's candidate pool: the embedded pool's configured size, or the `size` in the pool
-    folder's `pool.json` (`ltray pool import`); None when unknown."""
-    k = cfg.method.mak
-    return k.pool_size if k.pool == "embedded" else pool_folder_size(Path(k.pool))
-
-
-def pool_folder_size(folder: Path) -> int | None:
-    """The `size` in a pool folder's `pool.json` (`ltray pool import`), read without opening the pool; None when
-    the folder has no readable manifest."""
-    manifest = folder / "pool.json"
+def pool_size(path: Path) -> int | None:
+    """A pool's size read without opening it: the lines of a list file, else the `size` in a pool folder's
+    `pool.json` (`ltray pool import`); None when neither is readable."""
+    if path.is_file():
+        return _count_lines(path)
+    manifest = path / "pool.json"
     if not manifest.is_file():
         return None
     try:
         return int(json.loads(manifest.read_text(encoding="utf-8"))["size"])
     except (ValueError, KeyError, TypeError):
         return None
-
-
-def colt_resamples(epochs: int, warmup: int, interval: int) -> int:
-    """Resample epochs e (1-based) with e − 1 ≥ warmup and (e − 1 − warmup) mod interval = 0 (docs/math/colt.md §1)."""
-    return 0 if epochs - 1 < warmup else (epochs - 1 - warmup) // interval + 1
 
 
 def extra_data_size(cfg: Config) -> int | None:
@@ -240,7 +211,7 @@ def lookup_speed(table: Sequence[Throughput], cfg: Config, device: str, workers:
 
 def trial_cost(trial: Trial, table: Sequence[Throughput], device: str, workers: int,
                cpus_per_worker: float) -> TrialCost:
-    from ltray.method_names import parse_method
+    from ltray.methods.method import part_classes
 
     cfg = trial.build_config()
     size, source = train_set_size(cfg)
@@ -251,25 +222,11 @@ def trial_cost(trial: Trial, table: Sequence[Throughput], device: str, workers: 
     if size is not None and extra is not None:
         n = size + extra
         train_images = epochs * n
-        if parse_method(cfg.method.name).has("colt"):
-            c = cfg.method.colt
-            warm = min(c.warmup, epochs)
-            train_images = warm * n + (epochs - warm) * (n + c.budget)
-            pool = pool_size(cfg)
-            resamples = colt_resamples(epochs, c.warmup, c.interval)
-            inference = resamples * ((pool or 0) + n)
-            if pool is None and resamples:
-                source += "; COLT pool size unknown (give method.colt.pool_path): its scoring is not counted"
-        if parse_method(cfg.method.name).has("mak") and not cfg.data.extra_data:
-            # MAK's pipeline (docs/math/mak.md §1): the SimCLR extractor on LT, the inference passes over the pool
-            # (once plain, `passes` times augmented) and the ID set, then retraining on LT ∪ selection
-            k = cfg.method.mak
-            pool = mak_pool_size(cfg)
-            train_images = (k.extractor_epochs or epochs) * n + epochs * (n + min(k.budget, pool or k.budget))
-            inference = (k.passes + 1) * (pool or 0) + n
-            source += "; MAK: extractor run, pool scoring and retraining on LT + selection"
-            if pool is None:
-                source += f" (pool size of {k.pool} unknown: its scoring is not counted)"
+        for part in part_classes(cfg):  # what each part adds (COLT's pool, MAK's stages)
+            added = part.cost(cfg, n, pool_size)
+            train_images += added.train_images
+            inference += added.inference_images
+            source += added.note
     elif extra is None:
         source += f"; MAK selection {cfg.data.extra_data} unreadable"
     speed, note = lookup_speed(table, cfg, device, workers, cpus_per_worker)

@@ -36,9 +36,10 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from ltray.config import METHOD_SECTIONS, Config, config_from_dict, load_config, parse_override
+from ltray import method_names
+from ltray.config import Config, config_from_dict, load_config, parse_override
 from ltray.errors import ConfigError, LtrayError
-from ltray.method_names import MethodSpec, parse_method
+from ltray.method_names import parse_method
 from ltray.methods import components  # noqa: F401  (registers every method part and its config section)
 
 SPLIT_KEY = "data.split"
@@ -57,23 +58,12 @@ KNN_METRICS = ("knn_balanced", "knn_top1")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
-COMPONENT_SECTIONS = ("sdclr", "focal", "lotar", "bcl", "gh", "colt", "mak")
-
-
-def _component_used(spec: MethodSpec, component: str) -> bool:
-    if component == "focal":
-        return spec.base_loss == "focal"
-    if component == "sdclr":
-        return spec.sdclr
-    return spec.has(component)
-
-
 def key_applies(key: str, method: str) -> bool:
-    """Whether the dotted config key can change a run of `method` (component sections only matter to methods
-    that contain the component)."""
+    """Whether the dotted config key can change a run of `method`: a method part's section (`method.gh.*`) only
+    matters to methods that contain the part."""
     parts = key.split(".")
-    if len(parts) >= 3 and parts[0] == "method" and (parts[1] in COMPONENT_SECTIONS or parts[1] in METHOD_SECTIONS):
-        return _component_used(parse_method(method), parts[1])
+    if len(parts) >= 3 and parts[0] == "method" and parts[1] in method_names.ORDER:
+        return parse_method(method).has(parts[1])
     return True
 
 
@@ -372,15 +362,11 @@ def _short_key(key: str) -> str:
     return key
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=+\-]", "-", text)
-
-
 def trial_name(method: str, overrides: Mapping[str, Any]) -> str:
     """`<method>_<key>=<value>_...` over the trial's axis values (method.name first), filesystem and MLflow safe."""
     parts = [method] + [f"{_short_key(key)}={_value_text(value)}" for key, value in overrides.items()
                         if key != "method.name"]
-    return _slug("_".join(parts))
+    return re.sub(r"[^A-Za-z0-9_.=+\-]", "-", "_".join(parts))
 
 
 def config_key(method: str, overrides: Mapping[str, Any]) -> str:
@@ -441,17 +427,13 @@ def max_concurrent_trials(cluster: Mapping[str, float], resources: TrialResource
     its Tune driver holds none). Several in-process trials leave `IN_PROCESS_RESERVED_CPUS` free for the sweep's
     driver, Ray's own processes and the MLflow logging, which the trials' CPUs otherwise crowd out on a small
     machine. ConfigError when not even one fits."""
-    fits: list[int] = []
     eps = 1e-9
     cpus, gpus = float(cluster.get("CPU", 0.0)), float(cluster.get("GPU", 0.0))
-    if resources.cpus > 0:
-        fit = math.floor(cpus / resources.cpus + eps)
-        if resources.in_process and fit > 1:
-            fit = max(1, math.floor((cpus - IN_PROCESS_RESERVED_CPUS) / resources.cpus + eps))
-        fits.append(fit)
+    fit = math.floor(cpus / resources.cpus + eps)  # resources.cpus > 0 (TrialResources)
+    if resources.in_process and fit > 1:
+        fit = max(1, math.floor((cpus - IN_PROCESS_RESERVED_CPUS) / resources.cpus + eps))
     if resources.gpus > 0:
-        fits.append(math.floor(gpus / resources.gpus + eps))
-    fit = min(fits) if fits else num_trials
+        fit = min(fit, math.floor(gpus / resources.gpus + eps))
     if fit < 1:
         raise LtrayError(
             f"one trial needs {resources.cpus:g} CPUs and {resources.gpus:g} GPUs "

@@ -57,7 +57,7 @@ class PathNeed:
 
 def data_paths(configs: Iterable[Any]) -> list[PathNeed]:
     """Every file or folder the trials' configs name (once each, in config order)."""
-    from ltray.method_names import parse_method
+    from ltray.methods.method import part_classes
 
     needs: dict[tuple[str, str], PathNeed] = {}
 
@@ -70,11 +70,9 @@ def data_paths(configs: Iterable[Any]) -> list[PathNeed]:
         for key in ("root", "splits_dir", "train_list", "val_list", "test_list", "fewshot_list", "full_list",
                     "extra_data"):
             add(f"data.{key}", getattr(d, key))
-        method = parse_method(cfg.method.name)
-        if method.has("colt") and cfg.method.colt.pool != "embedded":
-            add("method.colt.pool_path", cfg.method.colt.pool_path)
-        if method.has("mak") and cfg.method.mak.pool != "embedded":
-            add("method.mak.pool", cfg.method.mak.pool)
+        for part in part_classes(cfg):
+            for key, value in part.input_paths(cfg).items():
+                add(key, value)
     return list(needs.values())
 
 

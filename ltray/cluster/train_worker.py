@@ -26,7 +26,7 @@ from ltray.config import Config, config_from_dict
 from ltray.errors import CheckpointError
 from ltray.storage import Storage
 from ltray.tracking.journal import TRAINING_FILE, TrialJournal
-from ltray.train.checkpoint import latest_checkpoint
+from ltray.train.checkpoint import CHECKPOINT_FOLDER, latest_checkpoint
 from ltray.train.loop import TrainingRun
 
 RESUME_KEY = "resumed_at_epoch"
@@ -119,21 +119,21 @@ class RunMirror:
 
     def __init__(self, remote: Storage) -> None:
         self.remote = remote
-        self.checkpoints = remote.child("checkpoints")
+        self.checkpoints = remote.child(CHECKPOINT_FOLDER)
 
     def restore(self, run_dir: Path) -> Path | None:
         """Download the newest stored checkpoint into `run_dir/checkpoints`; returns it (None: nothing stored)."""
         names = [name for name in self.checkpoints.children() if name.startswith("epoch_") and name.endswith(".pt")]
         if not names:
             return None
-        target = run_dir / "checkpoints" / max(names)
+        target = run_dir / CHECKPOINT_FOLDER / max(names)
         self.checkpoints.child(max(names)).download(target)
         return target
 
     def push(self, run_dir: Path) -> None:
         from ltray.train.loop import METRICS_FILE
 
-        local = {path.name: path for path in (run_dir / "checkpoints").glob("epoch_*.pt")}
+        local = {path.name: path for path in (run_dir / CHECKPOINT_FOLDER).glob("epoch_*.pt")}
         stored = set(self.checkpoints.children())
         for name in sorted(set(local) - stored):
             self.checkpoints.child(name).upload(local[name])

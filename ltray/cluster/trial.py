@@ -10,11 +10,11 @@ The trial function itself only coordinates (its Tune resource request is a littl
 workers hold the trial's CPUs/GPUs while they train, and the evaluation runs afterwards as a Ray task with one
 worker's resources.
 
-A trial of method `mak` without `data.extra_data` first runs MAK's pipeline (docs/math/mak.md §1): the SimCLR feature
-extractor (Ray Train run `<trial>_extractor`), then `mak_sample` on its final checkpoint against the pool (the
-embedded pool is imported once per sweep into `<sweep>/mak_pool_<size>`), writing the selection to
-`<sweep>/mak/<trial>`; the trial then trains on LT ∪ selection as any other trial. Finished stages are reused on
-resume or retry.
+Before training, a trial runs its method's pre-stages (`Component.prepare`) with `TrialStages`; MAK's (docs/math/mak.md
+§1, `ltray.methods.components.mak`): the SimCLR feature extractor (Ray Train run `<trial>_extractor`), then
+`mak_sample` on its final checkpoint against the pool (the embedded pool is imported once per sweep into
+`<sweep>/mak_pool_<size>`), writing the selection to `<sweep>/mak/<trial>`; the trial then trains on LT ∪ selection
+as any other trial. Finished stages are reused on resume or retry.
 """
 
 from __future__ import annotations
@@ -24,19 +24,19 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ltray.cluster.grid import Trial
-from ltray.cluster.train_worker import InProcessResult, TrainSettings, fit_training
+from ltray.cluster.train_worker import TrainSettings, fit_training
 from ltray.config import Config, config_from_dict
 from ltray.errors import CheckpointError, LtrayError
 from ltray.eval.summary import probe_title
 from ltray.storage import Storage
 from ltray.tracking.journal import TRIAL_FILE, JournalUploader, TrialJournal, journal_folder
 from ltray.tracking.runs import TAG_CONFIG_KEY, flatten_report, standard_tags
-from ltray.train.checkpoint import checkpoint_name, latest_checkpoint
+from ltray.train.checkpoint import CHECKPOINT_FOLDER, checkpoint_name, latest_checkpoint
 
 FINAL_MARK = "final_evaluated"
 TRACKING_PENDING = "tracking_pending"  # 1.0 in a trial's last result when its journal was not all sent to MLflow
@@ -162,13 +162,6 @@ def mak_pool_folder(cfg: Config, sweep_dir: Path) -> Path:
     return target
 
 
-def extractor_config(cfg: Config) -> Config:
-    """MAK's feature extractor (docs/math/mak.md §1 step 1): the trial's config as SimCLR, for
-    `method.mak.extractor_epochs` epochs (0: `optim.epochs`)."""
-    epochs = cfg.method.mak.extractor_epochs or cfg.optim.epochs
-    return cfg.replace({"method.name": "simclr", "optim.epochs": epochs})
-
-
 def finished_sibling_checkpoint(extractor: Config, siblings: Mapping[str, Mapping[str, Any]],
                                 settings: TrainSettings) -> Path | None:
     """The final checkpoint of a sweep trial that already trained exactly the extractor's SimCLR run (same config
@@ -189,47 +182,45 @@ def finished_sibling_checkpoint(extractor: Config, siblings: Mapping[str, Mappin
         candidate = config_from_dict(dict(param["config"]))
         if comparable(candidate) != wanted:
             continue
-        path = Path(settings.storage_path) / name / "checkpoints" / checkpoint_name(extractor.optim.epochs)
+        path = Path(settings.storage_path) / name / CHECKPOINT_FOLDER / checkpoint_name(extractor.optim.epochs)
         if path.is_file():
             return path
     return None
 
 
-def mak_selection(cfg: Config, trial: Trial, settings: TrainSettings,
-                  siblings: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
-    """The trial's MAK selection folder `<sweep>/mak/<trial>`: reused when complete, else made by training the
-    extractor (resumed from its own checkpoints if it ran before) and running `mak_sample` on its final
-    checkpoint, with scoring actors of `MAK_SCORING_CPUS` CPUs (and a worker's GPU share) each."""
-    from ltray.data.selection import MANIFEST_NAME, read_selection_manifest
-    from ltray.pools.mak_job import MakParams, mak_sample
+@dataclass
+class TrialStages:
+    """A trial's `ltray.methods.base.Stages`: folders under the sweep, stages as Ray Train runs `<trial>_<stage>` (or a
+    finished identical sibling run), `mak_sample` with actors of `MAK_SCORING_CPUS` CPUs and a worker's GPU share."""
 
-    sweep_dir = sweep_folder(settings)
-    out = sweep_dir / MAK_FOLDER / trial.name
-    if (out / MANIFEST_NAME).is_file():
-        read_selection_manifest(out)
-        return out
-    extractor = extractor_config(cfg)
-    sibling = finished_sibling_checkpoint(extractor, siblings or {}, settings)
-    if sibling is not None:
-        import ray.train
+    trial: Trial
+    settings: TrainSettings
+    siblings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
-        print(f"trial {trial.name}: MAK's feature extractor is the finished identical run {sibling.parent.parent.name}")
-        result: Any = InProcessResult(ray.train.Checkpoint.from_directory(str(sibling.parent)), {})
-    else:
-        result = fit_training(extractor, f"{trial.name}_extractor", settings, None)
-    if result.checkpoint is None:
-        raise LtrayError(f"trial {trial.name}: the MAK feature extractor ended without a checkpoint")
-    pool = mak_pool_folder(cfg, sweep_dir)
-    k = cfg.method.mak
-    params = MakParams(loss_weight=k.loss_weight, core_ratio=k.core_ratio, clusters=k.clusters,
-                       num_cpus_per_actor=MAK_SCORING_CPUS,
-                       num_gpus_per_actor=min(settings.gpus_per_worker, 1.0))
-    with result.checkpoint.as_directory() as folder:
-        checkpoint = latest_checkpoint(Path(folder))
+    def folder(self, part: str) -> Path:
+        return sweep_folder(self.settings) / part / self.trial.name
+
+    def train(self, cfg: Config, stage: str) -> Path:
+        sibling = finished_sibling_checkpoint(cfg, self.siblings, self.settings)
+        if sibling is not None:
+            print(f"trial {self.trial.name}: the {stage} is the finished identical run {sibling.parent.parent.name}")
+            return sibling
+        result = fit_training(cfg, f"{self.trial.name}_{stage}", self.settings, None)
+        if result.checkpoint is None:
+            raise LtrayError(f"trial {self.trial.name}: the {stage} ended without a checkpoint")
+        with result.checkpoint.as_directory() as folder:  # the storage is a path (`check_mak_storage`): no copy
+            checkpoint = latest_checkpoint(Path(folder))
         if checkpoint is None:
-            raise CheckpointError(f"the extractor's Ray checkpoint {result.checkpoint.path} holds no ltray checkpoint")
-        return mak_sample(extractor, checkpoint, pool, out, k.budget, k.passes, actors=max(1, settings.workers),
-                          params=params, cache_dir=sweep_dir / MAK_FOLDER / MAK_CACHE, in_process=settings.workers == 0)
+            raise CheckpointError(f"the {stage}'s Ray checkpoint {result.checkpoint.path} holds no ltray checkpoint")
+        return checkpoint
+
+    def sample(self, cfg: Config, checkpoint: Path, out: Path) -> Path:
+        from ltray.pools.mak_job import mak_sample
+
+        k, workers, sweep_dir = cfg.method.mak, self.settings.workers, sweep_folder(self.settings)
+        return mak_sample(cfg, checkpoint, mak_pool_folder(cfg, sweep_dir), out, k.budget, k.passes, actors=max(1, workers),
+                          num_cpus_per_actor=MAK_SCORING_CPUS, num_gpus_per_actor=min(self.settings.gpus_per_worker, 1.0),
+                          cache_dir=sweep_dir / MAK_FOLDER / MAK_CACHE, in_process=workers == 0)
 
 
 def journal_mak_selection(journal: TrialJournal, selection: Path) -> None:
@@ -263,7 +254,7 @@ def run_trial(param: dict[str, Any], context: TrialContext) -> None:
     import ray
     import ray.tune
 
-    from ltray.method_names import parse_method
+    from ltray.methods.method import part_classes
 
     trial = context.trial(str(param["trial"]))
     cfg = config_from_dict(trial.config)
@@ -276,12 +267,13 @@ def run_trial(param: dict[str, Any], context: TrialContext) -> None:
     journal_start(journal, context.parent_run_id, trial, cfg, context.git_commit)
     uploader = JournalUploader(journal, context.tracking_uri, context.experiment).start()
     try:
-        config = trial.config
-        if parse_method(cfg.method.name).has("mak") and not cfg.data.extra_data:
-            selection = mak_selection(cfg, trial, context.train, context.trials)
-            journal_mak_selection(journal, selection)
-            cfg = cfg.replace({"data.extra_data": str(selection)})
-            config = cfg.to_dict()
+        config, prepared, stages = trial.config, cfg, TrialStages(trial, context.train, context.trials)
+        for part in part_classes(cfg):
+            prepared = part.prepare(prepared, stages)  # the part's pre-stages (MAK's)
+        if prepared is not cfg:
+            if prepared.data.extra_data != cfg.data.extra_data:  # a selection (MAK's)
+                journal_mak_selection(journal, Path(str(prepared.data.extra_data)))
+            cfg, config = prepared, prepared.to_dict()
         result = fit_training(cfg, trial.name, context.train, journal, tune_reports=True)
         if result.checkpoint is None:
             raise LtrayError(f"trial {trial.name}: training ended without a checkpoint")

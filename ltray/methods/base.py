@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -11,6 +11,8 @@ import torch
 from ltray.errors import DataError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ltray.config import Config
     from ltray.data.list_data import ListTrainData
     from ltray.data.sources import ImageListSource
@@ -70,6 +72,25 @@ class EpochContext:
         return self.embed(self.data.pool_images)
 
 
+class Stages(Protocol):
+    """What a driver (`ltray.cluster.trial.TrialStages`) lends a part's pre-stages from the layers above: `folder(part)`
+    for what `part` makes; `train(cfg, stage)`, the final checkpoint file of `cfg` trained as this run's `stage`;
+    `sample(cfg, checkpoint, out)`, MAK's sampling of `method.mak.pool` with that extractor into `out` (returned)."""
+
+    def folder(self, part: str) -> Path: ...
+    def train(self, cfg: Config, stage: str) -> Path: ...
+    def sample(self, cfg: Config, checkpoint: Path, out: Path) -> Path: ...
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a part adds to a run's dry-run cost (`ltray.cluster.dryrun`) beyond epochs × N pre-training images."""
+
+    train_images: int = 0
+    inference_images: int = 0
+    note: str = ""
+
+
 class Component:
     """Default no-op hooks; a component overrides the ones it needs."""
 
@@ -86,9 +107,30 @@ class Component:
         rebuild a checkpoint's model from them (`ltray.methods.method.model_shape`)."""
         return {}
 
+    @classmethod
+    def input_paths(cls, cfg: Config) -> dict[str, str | None]:
+        """The files and folders beyond the `data` section that a run of this part reads (config key → path): every
+        node must reach them."""
+        return {}
+
+    @classmethod
+    def prepare(cls, cfg: Config, stages: Stages) -> Config:
+        """Run the part's stages before training (MAK's extractor and sampling) with a driver's `stages`; returns the
+        config to train."""
+        return cfg
+
+    @classmethod
+    def cost(cls, cfg: Config, train_size: int, pool_size: Callable[[Path], int | None]) -> Cost:
+        """What the part adds to the cost of a run on `train_size` images; `pool_size(path)`: a pool's size or None."""
+        return Cost()
+
     def model_options(self) -> dict[str, Any]:
         """The options of the model this part trains: its `model_shape` plus training-only ones."""
         return self.model_shape(self.cfg)
+
+    def schedule_iterations(self, id_loader_len: int, local_batch: int, num_id: int, world_size: int) -> int | None:
+        """The length T of the per-iteration learning-rate schedule when this part sets it (None: E·⌈N/B⌉)."""
+        return None
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
         return None

@@ -45,6 +45,10 @@ class Method:
             options.update(part.model_options())
         return options
 
+    def schedule_iterations(self, id_loader_len: int, local_batch: int, num_id: int, world_size: int) -> int | None:
+        lengths = [p.schedule_iterations(id_loader_len, local_batch, num_id, world_size) for p in self.parts]
+        return next((length for length in lengths if length is not None), None)
+
     def view_hook(self) -> Callable[..., torch.Tensor] | None:
         hooks = [h for h in (p.view_hook() for p in self.parts) if h is not None]
         return hooks[0] if hooks else None
@@ -99,17 +103,20 @@ class Method:
                 part.load_state_dict(state[part.name])
 
 
+def part_classes(cfg: Config) -> list[type[Component]]:
+    """The registered classes of the method's parts, in the grammar's order (`simclr` has none: it adds no hooks)."""
+    return [COMPONENTS[name] for name in parse_method(cfg.method.name).parts if name in COMPONENTS]
+
+
 def model_shape(cfg: Config) -> dict[str, Any]:
     """The options beyond arch and width that fix the model a run with this config trains (head, dual BN): what
     evaluation and pool scoring rebuild from a checkpoint's config."""
     options: dict[str, Any] = {"head": "simclr", "dual_bn": False}
-    for name in parse_method(cfg.method.name).parts:
-        if name in COMPONENTS:
-            options.update(COMPONENTS[name].model_shape(cfg))
+    for part in part_classes(cfg):
+        options.update(part.model_shape(cfg))
     return options
 
 
 def build_method(cfg: Config, dataset_size: int, device: torch.device) -> Method:
-    spec = parse_method(cfg.method.name)
-    parts = [COMPONENTS[name](cfg, dataset_size, device) for name in spec.parts if name in COMPONENTS]
-    return Method(spec, parts, cfg.method.temperature)
+    parts = [part(cfg, dataset_size, device) for part in part_classes(cfg)]
+    return Method(parse_method(cfg.method.name), parts, cfg.method.temperature)

@@ -5,9 +5,9 @@ A method is a base (the NT-Xent or Focal loss, on the dense model or the SDCLR d
 composition". Each part is a registered `Component` class; the names, their order and the combinations the
 references run are the name grammar of `ltray.method_names` (`parse_method`), below the config that validates them.
 
-`mak` (docs/math/mak.md) is a pipeline rather than a loss part: a sweep trial of method `mak` trains a SimCLR feature
-extractor, selects extra data from a pool with MAK and retrains SimCLR on the enlarged set
-(`ltray.cluster.trial`). Its training is exactly SimCLR's, and it combines with no other part.
+`mak` (docs/math/mak.md) is a pipeline rather than a loss part: its pre-stages (`MAK.prepare`, run by a sweep trial)
+train a SimCLR feature extractor and select extra data from a pool with MAK; the retraining on the enlarged set is
+exactly SimCLR's, and it combines with no other part.
 """
 
 from __future__ import annotations

@@ -19,12 +19,11 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -44,6 +43,7 @@ from ltray.errors import ConfigError, DataError
 from ltray.pools.scoring import (
     CheckpointModel,
     PoolScores,
+    ScoringJob,
     ScoringSpec,
     embed_pool,
     load_scoring_model,
@@ -54,6 +54,7 @@ from ltray.pools.scoring import (
 from ltray.ray_runtime import ray_session
 from ltray.select.kmeans import backend_name
 from ltray.select.mak import ecle, mak_run_name, mak_scores, mak_select, proximity
+from ltray.storage import atomic_file
 
 if TYPE_CHECKING:
     from ltray.data.sources import ImageListSource
@@ -61,41 +62,6 @@ if TYPE_CHECKING:
 SCORES_FILE = "scores.npz"
 HISTOGRAMS = {"ecle": "hist_ecle.png", "distance": "hist_distance.png", "score": "hist_score.png"}
 MLFLOW_EXPERIMENT = "ltray-mak"
-
-
-class _ScoringJob(TypedDict):
-    """How a Ray Data scoring job runs (the keyword arguments of `score_pool` and `score_arrays`)."""
-
-    actors: int
-    num_cpus: float
-    num_gpus: float
-
-
-@dataclass(frozen=True)
-class MakParams:
-    """MAK's sampling parameters (docs/math/mak.md §8 defaults) and how the scoring job runs."""
-
-    loss_weight: float = 0.5  # w
-    core_ratio: float = 1.5
-    clusters: int = 10  # K_p
-    regroupings: int = 10  # Q
-    ecle_batch: int = 512  # B_E
-    ecle_temperature: float = 0.2  # τ_E
-    ecle_seed: int = 0
-    kmeans_seed: int = 0
-    scoring_batch: int = 256
-    num_cpus_per_actor: float = 0.5
-    num_gpus_per_actor: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.loss_weight <= 1.0:
-            raise ConfigError(f"mak loss weight w must lie in [0, 1], got {self.loss_weight}")
-        if self.core_ratio <= 0:
-            raise ConfigError(f"mak core_ratio must be > 0, got {self.core_ratio}")
-        if self.clusters < 1 or self.regroupings < 1 or self.ecle_batch < 1 or self.scoring_batch < 1:
-            raise ConfigError("mak clusters, regroupings, ECLE batch and scoring batch must be >= 1")
-        if self.ecle_temperature <= 0:
-            raise ConfigError(f"the ECLE temperature must be > 0, got {self.ecle_temperature}")
 
 
 def mak_cache_dir() -> Path:
@@ -138,13 +104,8 @@ def _cached_vector(path: Path, compute: Callable[[], np.ndarray]) -> np.ndarray:
             path.unlink(missing_ok=True)
     values = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".npy")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.save(stream, values)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+    with atomic_file(path, "wb") as stream:
+        np.save(stream, values)
     return values
 
 
@@ -189,20 +150,6 @@ def _scores_writer(index: np.ndarray, arrays: Mapping[str, np.ndarray]) -> Calla
     return write
 
 
-def _check_output(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out} already exists; a MAK selection is never overwritten")
-
-
-def _tracking_uri(uri: str) -> str:
-    from ltray.tracking.store import check_tracking_reachable, create_sqlite_store, resolve_tracking_uri
-
-    tracking_uri = resolve_tracking_uri(uri, Path.cwd())
-    check_tracking_reachable(tracking_uri)
-    create_sqlite_store(tracking_uri)
-    return tracking_uri
-
-
 def _log_mlflow(
     tracking_uri: str, name: str, manifest: Mapping[str, Any], folder: Path, metrics: Mapping[str, float]
 ) -> str:
@@ -242,15 +189,17 @@ def mak_sample(
     actors: int = 1,
     mlflow_uri: str | None = None,
     *,
-    params: MakParams = MakParams(),
+    num_cpus_per_actor: float = 0.5,
+    num_gpus_per_actor: float = 0.0,
     cache_dir: str | Path | None = None,
     in_process: bool = False,
 ) -> Path:
     """Select `budget` candidates of a pool folder with MAK and write the selection folder `out` (returned).
 
     `cfg` names the ID data (data set, split, subset: pass (b) embeds `load_run_data(cfg).train.id_images`), the
-    augmentation preset and seed (`data.aug_preset`, `run.seed`) and the device for ECLE (`run.device`);
-    `checkpoint` is the SimCLR feature extractor; `passes` is R; `actors` the Ray Data scoring actors.
+    augmentation preset and seed (`data.aug_preset`, `run.seed`), the device for ECLE (`run.device`) and the
+    sampling parameters (`method.mak`, docs/math/mak.md §8); `checkpoint` is the SimCLR feature extractor; `passes`
+    is R; `actors` the Ray Data scoring actors, each of `num_cpus_per_actor` CPUs and `num_gpus_per_actor` GPUs.
     `in_process` runs the inference passes as a plain loop in this process instead of a Ray Data job (a sweep trial
     that trains in its own process and already holds its CPUs: a Ray job would wait for more).
     """
@@ -259,8 +208,15 @@ def mak_sample(
     from ltray.train.loop import select_device
 
     target = Path(out)
-    _check_output(target)
-    tracking_uri = _tracking_uri(mlflow_uri) if mlflow_uri is not None else None
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise DataError(f"{target} already exists; a MAK selection is never overwritten")
+    tracking_uri = None
+    if mlflow_uri is not None:
+        from ltray.tracking.store import check_tracking_reachable, create_sqlite_store, resolve_tracking_uri
+
+        tracking_uri = resolve_tracking_uri(mlflow_uri, Path.cwd())
+        check_tracking_reachable(tracking_uri)
+        create_sqlite_store(tracking_uri)
     if isinstance(budget, bool) or budget < 1:
         raise ConfigError(f"the MAK budget must be >= 1, got {budget}")
     if passes < 2:
@@ -288,7 +244,8 @@ def mak_sample(
         )
     cache = Path(cache_dir) if cache_dir is not None else mak_cache_dir()
     source = CheckpointModel(str(checkpoint_path), cfg.to_dict())
-    job: _ScoringJob = {"actors": actors, "num_cpus": params.num_cpus_per_actor, "num_gpus": params.num_gpus_per_actor}
+    job: ScoringJob = {"actors": actors, "num_cpus": num_cpus_per_actor, "num_gpus": num_gpus_per_actor}
+    params = cfg.method.mak
     pool_spec = ScoringSpec(True, passes, cfg.run.seed, cfg.data.aug_preset, params.scoring_batch)
     id_spec = ScoringSpec(True, 0, cfg.run.seed, cfg.data.aug_preset, params.scoring_batch)
     pool_key = cache_key({"checkpoint": checkpoint_sha, "pool": info.content_sha256, "spec": asdict(pool_spec)})

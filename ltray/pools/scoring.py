@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +39,7 @@ from ltray.select.mak import merge_passes
 
 if TYPE_CHECKING:
     import ray.data
+    from typing_extensions import Unpack
 
     from ltray.config import Config
 
@@ -65,8 +66,7 @@ class ModelRecipe:
         """The model a run with this config trains (`ltray.methods.method.model_shape`)."""
         from ltray.methods.method import model_shape
 
-        shape = model_shape(cfg)
-        return cls(cfg.model.arch, cfg.model.width, shape["head"], shape["dual_bn"], cfg.model.channels_last)
+        return cls(cfg.model.arch, cfg.model.width, **model_shape(cfg), channels_last=cfg.model.channels_last)
 
 
 @dataclass(frozen=True)
@@ -222,6 +222,15 @@ def block_rows(size: int, batch_size: int, actors: int, blocks_per_actor: int = 
 WRITE_TASK_CPUS = 0.25  # fractional, like the pool's read tasks (ltray.data.pool_store.READ_TASK_CPUS)
 
 
+class ScoringJob(TypedDict, total=False):
+    """How a Ray Data scoring job runs: keyword arguments of `score_pool`, `score_arrays` (defaults: `run_scoring_job`)."""
+
+    actors: int
+    num_cpus: float
+    num_gpus: float
+    threads: int | None
+
+
 def run_scoring_job(
     dataset: ray.data.Dataset,
     source: ModelSource,
@@ -317,18 +326,13 @@ def score_pool(
     source: ModelSource,
     spec: ScoringSpec,
     out: str | Path,
-    *,
-    actors: int = 1,
-    num_cpus: float = 0.5,
-    num_gpus: float = 0.0,
-    threads: int | None = None,
+    **job: Unpack[ScoringJob],
 ) -> PoolScores:
     """Run the scoring job over a pool folder (shards verified first) into `out` and read the result back."""
     info = read_pool_info(pool)
-    dataset = open_pool_dataset(pool, rows_per_block=block_rows(info.size, spec.batch_size, actors))
+    dataset = open_pool_dataset(pool, rows_per_block=block_rows(info.size, spec.batch_size, job.get("actors", 1)))
     metadata = {"pool": str(info.path.resolve()), "pool_sha256": info.content_sha256, "size": info.size}
-    run_scoring_job(dataset, source, spec, info.image_shape, out, actors=actors, num_cpus=num_cpus,
-                    num_gpus=num_gpus, threads=threads, metadata=metadata)
+    run_scoring_job(dataset, source, spec, info.image_shape, out, metadata=metadata, **job)
     return read_scores(out, expected_size=info.size, expected_passes=spec.aug_passes)[0]
 
 
@@ -352,14 +356,11 @@ def score_arrays(
     spec: ScoringSpec,
     out: str | Path,
     *,
-    actors: int = 1,
-    num_cpus: float = 0.5,
-    num_gpus: float = 0.0,
-    threads: int | None = None,
     metadata: Mapping[str, Any] | None = None,
+    **job: Unpack[ScoringJob],
 ) -> PoolScores:
     """The scoring job over in-memory images (e.g. MAK's ID training set, pass (b)), keyed by row 0..n−1."""
-    dataset = arrays_dataset(images, block_rows(int(images.shape[0]), spec.batch_size, actors))
-    run_scoring_job(dataset, source, spec, tuple(images.shape[1:]), out, actors=actors, num_cpus=num_cpus,
-                    num_gpus=num_gpus, threads=threads, metadata={"size": int(images.shape[0]), **(metadata or {})})
+    dataset = arrays_dataset(images, block_rows(int(images.shape[0]), spec.batch_size, job.get("actors", 1)))
+    run_scoring_job(dataset, source, spec, tuple(images.shape[1:]), out,
+                    metadata={"size": int(images.shape[0]), **(metadata or {})}, **job)
     return read_scores(out, expected_size=int(images.shape[0]), expected_passes=spec.aug_passes)[0]

@@ -20,6 +20,9 @@ FORMAT = "ltray-checkpoint-v1"
 _EPOCH_FILE = re.compile(r"^epoch_(\d{4,})\.pt$")
 
 
+CHECKPOINT_FOLDER = "checkpoints"  # of a run's folder
+
+
 def checkpoint_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}.pt"
 

@@ -37,6 +37,7 @@ from ltray.methods.base import EpochContext, Step
 from ltray.methods.method import Method, build_method
 from ltray.models.contrastive import ContrastiveModel, build_model
 from ltray.train.checkpoint import (
+    CHECKPOINT_FOLDER,
     checkpoint_name,
     gather_rng_states,
     latest_checkpoint,
@@ -98,20 +99,15 @@ def iterations_per_epoch(num_items: int, local_batch: int) -> int:
     return math.ceil(per_rank / local_batch)
 
 
-def total_iterations(cfg: Config, method: Method, num_id: int, local_batch: int, num_items: int | None = None) -> int:
-    """T for the per-iteration schedule: E·⌈N/B⌉ over the whole training set of `num_items` (default `num_id`;
-    MAK's retraining adds its fixed selection, data_and_eval.md §7), except that COLT's length accounts for its
-    OOD phase (docs/math/colt.md §7)."""
+def total_iterations(cfg: Config, method: Method, num_id: int, local_batch: int, num_items: int) -> int:
+    """T for the per-iteration schedule: E·⌈N/B⌉ over the whole training set of `num_items` (MAK's retraining adds
+    its fixed selection to the `num_id` ID items, data_and_eval.md §7), unless a method part sets its own length
+    (COLT's OOD phase, docs/math/colt.md §7)."""
     id_len = iterations_per_epoch(num_id, local_batch)
-    if method.spec.has("colt"):
-        from ltray.select.colt import colt_lr_total
-
-        c = cfg.method.colt
-        return colt_lr_total(
-            c.warmup, cfg.optim.epochs, id_len, c.budget, local_batch, exact=c.lr_total == "exact", n_id=num_id,
-            world_size=dist_utils.world_size(),
-        )
-    return cfg.optim.epochs * iterations_per_epoch(num_id if num_items is None else num_items, local_batch)
+    own = method.schedule_iterations(id_len, local_batch, num_id, dist_utils.world_size())
+    if own is not None:
+        return own
+    return cfg.optim.epochs * iterations_per_epoch(num_items, local_batch)
 
 
 def _wrap_distributed(model: ContrastiveModel, cfg: Config, device: torch.device) -> nn.Module:
@@ -183,7 +179,7 @@ class Pretrainer:
         self.iteration = 0
         self.history: list[dict[str, float]] = []
         self.run_dir = cfg.run_dir
-        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.ckpt_dir = self.run_dir / CHECKPOINT_FOLDER
         self.pool_embedder = pool_embedder(self.train_data) if pool_embedder is not None else None
 
     # ----- checkpoints -------------------------------------------------------------------------------------
@@ -393,7 +389,7 @@ class Pretrainer:
 
 def prepare_run_dir(cfg: Config, resume: bool) -> Path | None:
     """Return the checkpoint to resume from; refuse to reuse a run folder that holds checkpoints without --resume."""
-    ckpt_dir = cfg.run_dir / "checkpoints"
+    ckpt_dir = cfg.run_dir / CHECKPOINT_FOLDER
     latest = latest_checkpoint(ckpt_dir)
     if latest is not None and not resume:
         raise ConfigError(

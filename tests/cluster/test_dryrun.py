@@ -12,7 +12,6 @@ import pytest
 from ltray.cluster.cli import CONFIG_DIR
 from ltray.cluster.dryrun import (
     Throughput,
-    colt_resamples,
     describe,
     load_throughput,
     schedule_hours,
@@ -21,6 +20,7 @@ from ltray.cluster.dryrun import (
 from ltray.cluster.grid import load_sweep_spec
 from ltray.config import load_config
 from ltray.errors import ConfigError
+from ltray.methods.components.colt import colt_resamples
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ("sweep_colt.py", "sweep_sdclr.py", "sweep_gh.py")

@@ -12,11 +12,12 @@ from mlflow.tracking import MlflowClient
 
 from ltray.cluster.grid import Trial, expand_trials, key_applies, load_sweep_spec
 from ltray.cluster.train_worker import TrainSettings
-from ltray.cluster.trial import MAK_FOLDER, extractor_config, mak_pool_folder, mak_selection
+from ltray.cluster.trial import MAK_FOLDER, TrialStages, mak_pool_folder
 from ltray.config import load_config
 from ltray.data.pool_store import is_pool_folder, read_pool_info
 from ltray.data.selection import SELECTION_FORMAT
 from ltray.errors import ConfigError
+from ltray.methods.components.mak import MAK, extractor_config
 from ltray.tracking.runs import TAG_FINAL_KEYS, TAG_ROLE, TAG_SWEEP
 from ltray.tracking.store import sqlite_uri
 
@@ -97,7 +98,7 @@ def test_a_complete_selection_is_reused_without_training(tmp_path: Path) -> None
     (out / "selection.json").write_text(json.dumps(manifest))
     # workers 0 would train in this process if the selection were not reused; there is no extractor run folder
     settings = TrainSettings(storage_path=str(sweep_dir / "train_runs"), workers=0)
-    assert mak_selection(cfg, trial, settings) == out
+    assert MAK.prepare(cfg, TrialStages(trial, settings)).data.extra_data == str(out)
     assert not (sweep_dir / "train_runs").exists()
 
 

@@ -391,14 +391,14 @@ def test_mak_sample_on_an_image_list_selects_from_a_list_pool(tmp_path: Path, im
     from ltray.data.list_data import LIST_IMAGE_SIZE
     from ltray.data.pool_store import import_pool
     from ltray.data.selection import MANIFEST_NAME
-    from ltray.pools.mak_job import MakParams, mak_sample
+    from ltray.pools.mak_job import mak_sample
 
     cfg = list_config(tmp_path, image_folder, optim__epochs=1)
     checkpoint = pretrain(cfg).checkpoint
     pool = import_pool(image_folder["data.test_list"], tmp_path / "pool", root=image_folder["data.root"],
                        size=LIST_IMAGE_SIZE)
-    out = mak_sample(cfg, checkpoint, pool, tmp_path / "selection", budget=3, passes=2, in_process=True,
-                     params=MakParams(clusters=2), cache_dir=tmp_path / "cache")
+    out = mak_sample(cfg.replace({"method.mak.clusters": 2}), checkpoint, pool, tmp_path / "selection", budget=3,
+                     passes=2, in_process=True, cache_dir=tmp_path / "cache")
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["num_id"] == sum(LT_COUNTS) and len(manifest["positions"]) == 3
     assert len(set(manifest["positions"])) == 3 and all(0 <= p < 6 for p in manifest["positions"])

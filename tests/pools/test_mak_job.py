@@ -18,7 +18,7 @@ from ltray.data.selection import read_selection
 from ltray.errors import ConfigError, DataError, LtrayError
 from ltray.eval.rows import ScoringSpec
 from ltray.evaluate import model_from_checkpoint
-from ltray.pools.mak_job import MakParams, mak_sample
+from ltray.pools.mak_job import mak_sample
 from ltray.pools.scoring import embed_pool
 from ltray.select.mak import ecle, mak_run_name, mak_select, proximity
 from ltray.train.loop import Pretrainer
@@ -26,7 +26,7 @@ from ltray.train.loop import Pretrainer
 POOL_SIZE = 160
 BUDGET = 20
 PASSES = 3
-PARAMS = MakParams(scoring_batch=32, regroupings=4)
+SCORING_BATCH = 32
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     cfg = load_config(None, {
         "data.dataset": "digits-lt", "model.width": 0.125, "run.output_dir": str(root), "run.name": "extractor",
         "run.device": "cpu", "run.progress": "off", "run.seed": 10,
+        "method.mak.scoring_batch": SCORING_BATCH, "method.mak.regroupings": 4,
     })
     checkpoint = Pretrainer(cfg).save()  # an untrained SimCLR extractor is enough to exercise the pipeline
     pool = import_pool(f"embedded:{POOL_SIZE}", root / "pool", shard_rows=48)
@@ -44,7 +45,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 def _expected_positions(cfg: Config, checkpoint: Path, pool: Path) -> np.ndarray:
     """The pipeline as plain calls: bare-loop embeddings of pool and ID set, then the selection math."""
     model = model_from_checkpoint(cfg, checkpoint, torch.device("cpu"))
-    spec = ScoringSpec(True, PASSES, cfg.run.seed, cfg.data.aug_preset, PARAMS.scoring_batch)
+    spec = ScoringSpec(True, PASSES, cfg.run.seed, cfg.data.aug_preset, SCORING_BATCH)
     candidates = embed_pool(model, read_pool_arrays(pool).images, spec)
     id_features = embed_pool(model, load_run_data(cfg).train.id_images, ScoringSpec(batch_size=32)).features
     tailness = ecle(candidates.aug_projections, batch_size=512, temperature=0.2, regroupings=4, seed=0)
@@ -61,7 +62,7 @@ def test_mak_sample_end_to_end(workspace: dict[str, object], ray_local: None) ->
     cache = root / "cache"
     uri = f"sqlite:///{root / 'mlflow.db'}"
     out = mak_sample(cfg, checkpoint, pool, root / "selection", BUDGET, passes=PASSES, actors=1, mlflow_uri=uri,
-                     params=PARAMS, cache_dir=cache)
+                     cache_dir=cache)
 
     manifest = json.loads((out / "selection.json").read_text())
     expected = _expected_positions(cfg, checkpoint, pool)
@@ -96,12 +97,12 @@ def test_mak_sample_end_to_end(workspace: dict[str, object], ray_local: None) ->
     # never overwritten; a second run reuses the cached passes, ECLE and distances
     before = (out / "selection.json").read_bytes()
     with pytest.raises(DataError, match="never overwritten"):
-        mak_sample(cfg, checkpoint, pool, out, BUDGET, passes=PASSES, params=PARAMS, cache_dir=cache)
+        mak_sample(cfg, checkpoint, pool, out, BUDGET, passes=PASSES, cache_dir=cache)
     assert (out / "selection.json").read_bytes() == before
-    again = mak_sample(cfg, checkpoint, pool, root / "again", BUDGET, passes=PASSES, params=PARAMS, cache_dir=cache)
+    again = mak_sample(cfg, checkpoint, pool, root / "again", BUDGET, passes=PASSES, cache_dir=cache)
     assert json.loads((again / "selection.json").read_text())["positions"] == expected.tolist()
     # the inference passes as a plain loop in this process (a sweep trial that trains in-process): same picks
-    local = mak_sample(cfg, checkpoint, pool, root / "local", BUDGET, passes=PASSES, params=PARAMS,
+    local = mak_sample(cfg, checkpoint, pool, root / "local", BUDGET, passes=PASSES,
                        cache_dir=root / "local-cache", in_process=True)
     assert json.loads((local / "selection.json").read_text())["positions"] == expected.tolist()
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -12,9 +13,14 @@ from ltray.common import distributed as dist_utils
 from ltray.common.state import IndexedEMA
 from ltray.losses.supcon import domain_supcon
 from ltray.losses.tailness import colt_instant_tailness
-from ltray.methods.base import Component, EpochContext, Step, Term
+from ltray.methods.base import Component, Cost, EpochContext, Step, Term
 from ltray.methods.registry import register
-from ltray.select.colt import colt_select, is_resample_epoch, validate_colt_config
+from ltray.select.colt import colt_lr_total, colt_select, is_resample_epoch, validate_colt_config
+
+
+def colt_resamples(epochs: int, warmup: int, interval: int) -> int:
+    """Resample epochs e (1-based) with e − 1 ≥ warmup and (e − 1 − warmup) mod interval = 0 (docs/math/colt.md §1)."""
+    return 0 if epochs - 1 < warmup else (epochs - 1 - warmup) // interval + 1
 
 
 @register("colt")
@@ -31,6 +37,29 @@ class COLT(Component):
         self.num_id = dataset_size
         self.resamples = 0
         self.ood_fraction = 0.0
+
+    @classmethod
+    def input_paths(cls, cfg) -> dict[str, str | None]:
+        c = cfg.method.colt
+        return {} if c.pool == "embedded" else {"method.colt.pool_path": c.pool_path}
+
+    @classmethod
+    def cost(cls, cfg, train_size: int, pool_size: Callable[[Path], int | None]) -> Cost:
+        """The budget's items after the warm-up (docs/math/colt.md §1, §5); the pool and ID set at each resample (§2)."""
+        c, epochs = cfg.method.colt, cfg.optim.epochs
+        pool = {"embedded": c.pool_size, "random300k": 300_000}.get(c.pool)  # 300K Random Images: colt.md §2
+        if c.pool in ("list", "parquet") and c.pool_path:
+            pool = pool_size(Path(c.pool_path))
+        resamples = colt_resamples(epochs, c.warmup, c.interval)
+        note = "; COLT pool size unknown (give method.colt.pool_path): its scoring is not counted"
+        return Cost((epochs - min(c.warmup, epochs)) * c.budget, resamples * ((pool or 0) + train_size),
+                    note if pool is None and resamples else "")
+
+    def schedule_iterations(self, id_loader_len: int, local_batch: int, num_id: int, world_size: int) -> int:
+        """The warm-up + cosine length over the ID-only and the mixed epochs (docs/math/colt.md §7)."""
+        c = self.cfg.method.colt
+        return colt_lr_total(c.warmup, self.cfg.optim.epochs, id_loader_len, c.budget, local_batch,
+                             exact=c.lr_total == "exact", n_id=num_id, world_size=world_size)
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
         c = self.cfg.method.colt
