@@ -86,7 +86,7 @@ def spec_from_args(args: argparse.Namespace, config: Path, extra_sets: Sequence[
     """The SweepSpec the flags describe (flags win over the YAML)."""
     from dataclasses import replace
 
-    from ltray.cluster.grid import AshaSettings, TrialResources, load_sweep_spec, parse_axis, parse_int_list
+    from ltray.cluster.grid import AshaSettings, load_sweep_spec, parse_axis, parse_int_list
 
     sets = list(extra_sets)
     if args.data:
@@ -103,12 +103,9 @@ def spec_from_args(args: argparse.Namespace, config: Path, extra_sets: Sequence[
     if args.seeds:
         axes["run.seed"] = list(parse_int_list(args.seeds, "--seeds"))
     spec = load_sweep_spec(config, sets=sets, axes=axes, name=args.name, experiment=args.experiment)
-    r = spec.resources
-    spec.resources = TrialResources(
-        workers=args.workers_per_trial if args.workers_per_trial is not None else r.workers,
-        cpus_per_worker=args.cpus_per_worker if args.cpus_per_worker is not None else r.cpus_per_worker,
-        gpus_per_worker=args.gpus_per_worker if args.gpus_per_worker is not None else r.gpus_per_worker,
-    )
+    flags = {"workers": args.workers_per_trial, "cpus_per_worker": args.cpus_per_worker,
+             "gpus_per_worker": args.gpus_per_worker}
+    spec.resources = replace(spec.resources, **{key: value for key, value in flags.items() if value is not None})
     if args.max_failures is not None:
         spec = replace(spec, max_failures=args.max_failures)
     if args.asha and spec.asha is None:

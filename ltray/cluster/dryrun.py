@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ltray.cluster.grid import SPLIT_KEY, SweepSpec, Trial, expand_trials, max_concurrent_trials
 from ltray.config import LIST_DATASETS, Config
@@ -124,6 +125,16 @@ def _count_lines(path: Path) -> int:
         return sum(1 for line in handle if line.strip())
 
 
+def _json_count(path: Path, count: Callable[[Any], int]) -> int | None:
+    """`count` of the JSON file at `path`; None when the file is missing, malformed or lacks what `count` reads."""
+    if not path.is_file():
+        return None
+    try:
+        return count(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def train_set_size(cfg: Config) -> tuple[int | None, str]:
     """(N, where N comes from) for the trial's pre-training set, read from manifests or list files only."""
     d = cfg.data
@@ -134,13 +145,9 @@ def train_set_size(cfg: Config) -> tuple[int | None, str]:
         from ltray.data.splits import manifest_path
 
         directory = Path(d.splits_dir) if d.splits_dir else shipped_splits_dir() / d.dataset
-        manifest = manifest_path(directory, d.dataset, d.split)
-        if manifest.is_file():
-            try:
-                total = json.loads(manifest.read_text(encoding="utf-8"))["roles"][d.subset]["total"]
-                return int(total), f"split manifests in {directory}"
-            except (ValueError, KeyError, TypeError):
-                pass
+        total = _json_count(manifest_path(directory, d.dataset, d.split), lambda m: int(m["roles"][d.subset]["total"]))
+        if total is not None:
+            return total, f"split manifests in {directory}"
     known = SPEC_TRAIN_SIZES.get((d.dataset, d.split_protocol, d.subset))
     if known is not None:
         return known
@@ -152,13 +159,7 @@ def pool_size(path: Path) -> int | None:
     `pool.json` (`ltray pool import`); None when neither is readable."""
     if path.is_file():
         return _count_lines(path)
-    manifest = path / "pool.json"
-    if not manifest.is_file():
-        return None
-    try:
-        return int(json.loads(manifest.read_text(encoding="utf-8"))["size"])
-    except (ValueError, KeyError, TypeError):
-        return None
+    return _json_count(path / "pool.json", lambda m: int(m["size"]))
 
 
 def extra_data_size(cfg: Config) -> int | None:
@@ -168,10 +169,7 @@ def extra_data_size(cfg: Config) -> int | None:
     path = Path(cfg.data.extra_data)
     manifest = path / "selection.json" if path.is_dir() else path
     if manifest.suffix == ".json" and manifest.is_file():
-        try:
-            return len(json.loads(manifest.read_text(encoding="utf-8"))["positions"])
-        except (ValueError, KeyError, TypeError):
-            return None
+        return _json_count(manifest, lambda m: len(m["positions"]))
     if path.is_dir() and (path / "selected_list.txt").is_file():
         return _count_lines(path / "selected_list.txt")
     if path.is_file():
@@ -262,7 +260,6 @@ def schedule_hours(hours: Sequence[float], slots: int) -> float:
 
 def local_resources() -> dict[str, float]:
     """CPUs and GPUs of this machine (what a local Ray would offer), read without starting anything."""
-    gpus = 0
     try:
         import torch
 

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -155,9 +154,9 @@ def _log_mlflow(
 ) -> str:
     """One MLflow run (experiment `ltray-mak`) with the selection's parameters, summary metrics, the score
     histograms, the manifest and the selection table."""
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Param
 
-    from ltray.tracking.runs import SweepTracking, flatten_config, standard_tags
+    from ltray.tracking.runs import SweepTracking, flatten_config, log_metrics, standard_tags
 
     tracking = SweepTracking(tracking_uri, MLFLOW_EXPERIMENT)
     client = tracking.client
@@ -168,8 +167,7 @@ def _log_mlflow(
         params = [Param(key, value) for key, value in flatten_config(logged).items()]
         for lo in range(0, len(params), 100):
             client.log_batch(run_id, params=params[lo : lo + 100])
-        stamp = int(1000 * time.time())
-        client.log_batch(run_id, metrics=[Metric(key, float(value), stamp, 0) for key, value in metrics.items()])
+        log_metrics(client, run_id, metrics)
         for file_name in (*HISTOGRAMS.values(), MANIFEST_NAME, TABLE_NAME):
             client.log_artifact(run_id, str(folder / file_name))
     except BaseException:

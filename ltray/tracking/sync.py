@@ -161,8 +161,7 @@ def sync_sweep(sweep_dir: Storage, record: SweepRecord, tracking_uri: str, markd
                  if journal.folder.child(TRIAL_FILE).exists()}
     result = SyncResult(pending=sorted(uploaders))
     parent_done = False
-    started = time.monotonic()
-    deadline = started + wait_s
+    deadline = time.monotonic() + wait_s
     delay = POLL_S
     while True:
         try:
