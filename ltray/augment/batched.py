@@ -318,10 +318,8 @@ def color_jitter(
 
 def jitter_factors(u: torch.Tensor, strength: tuple[float, float, float, float] = JITTER_STRENGTH) -> torch.Tensor:
     """Map U[0,1) [B, 4] to (brightness, contrast, saturation) ~ U[max(0, 1−s), 1+s] and hue ~ U[−s, s]."""
-    lows = [max(0.0, 1.0 - s) for s in strength[:3]] + [-strength[3]]
-    highs = [1.0 + s for s in strength[:3]] + [strength[3]]
-    low = torch.tensor(lows, dtype=torch.float32, device=u.device)
-    high = torch.tensor(highs, dtype=torch.float32, device=u.device)
+    low = torch.tensor([max(0.0, 1.0 - s) for s in strength[:3]] + [-strength[3]], dtype=torch.float32, device=u.device)
+    high = torch.tensor([1.0 + s for s in strength[:3]] + [strength[3]], dtype=torch.float32, device=u.device)
     return low + (high - low) * u
 
 
@@ -418,8 +416,4 @@ class SimCLRViews:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Views 0 and 1 of every image, each float32 [B, 3, size, size] on the images' device."""
         floats, index = self._prepare(images, index)
-        views = []
-        for view in (0, 1):
-            params = self.draw_params(index, epoch, seed, view, floats.shape[2], floats.shape[3])
-            views.append(self.render(floats, params, index, epoch, seed, view))
-        return views[0], views[1]
+        return self.single_view(floats, index, epoch, seed, 0), self.single_view(floats, index, epoch, seed, 1)

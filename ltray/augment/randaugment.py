@@ -378,7 +378,6 @@ class BCLWeights:
         return self._values.shape[0]
 
     def to(self, device: torch.device | str) -> BCLWeights:
-        """The same weights and version on `device`."""
         moved = BCLWeights.__new__(BCLWeights)
         moved._values = self._values.to(device)
         moved._version = self._version

@@ -88,12 +88,10 @@ NEAR_DUPLICATES = {"motorcycle_left": ("motorcycle_right",)}
 
 
 def cache_dir() -> Path:
-    """`$LTRAY_CACHE`, else `~/.cache/ltray`."""
     return Path(os.environ.get("LTRAY_CACHE") or Path.home() / ".cache" / "ltray")
 
 
 def photo_path(name: str) -> Path:
-    """Where the installed package keeps photograph `name`."""
     if name not in PHOTOS:
         raise DataError(f"unknown embedded photograph {name!r}")
     package, relative = PHOTOS[name]
@@ -272,7 +270,7 @@ def pool_photos() -> tuple[str, ...]:
 def build_pool(n: int, seed: int) -> dict[str, np.ndarray]:
     """`n` textured patches spread evenly over `pool_photos()`, then shuffled (seeded); labels −1."""
     photos = pool_photos()
-    images, boxes, photo_index = [], [], []
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for position, name in enumerate(photos):
         count = n // len(photos) + (position < n % len(photos))
         if count == 0:
@@ -282,16 +280,10 @@ def build_pool(n: int, seed: int) -> dict[str, np.ndarray]:
         patch_images, patch_boxes = cut_patches(
             integral_image(photo), whole, count, POOL_PATCH_SIDES, _seed_for(seed, f"{name}/pool"), f"{name} (pool)"
         )
-        images.append(patch_images)
-        boxes.append(patch_boxes)
-        photo_index.append(np.full(count, position, dtype=np.int64))
+        parts.append((patch_images, patch_boxes, np.full(count, position, dtype=np.int64)))
     order = np.random.RandomState(_seed_for(seed, "pool/order")).permutation(n)
-    return {
-        "images": np.concatenate(images)[order],
-        "labels": np.full(n, -1, dtype=np.int64),
-        "photo": np.concatenate(photo_index)[order],
-        "boxes": np.concatenate(boxes)[order],
-    }
+    images, boxes, photo_index = (np.concatenate(column)[order] for column in zip(*parts))
+    return {"images": images, "labels": np.full(n, -1, dtype=np.int64), "photo": photo_index, "boxes": boxes}
 
 
 def build_digits(seed: int, test_fraction: float) -> dict[str, np.ndarray]:
@@ -415,8 +407,6 @@ def cached_arrays(recipe: Recipe) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class _DatasetSpec:
-    """How an embedded data set is built and split."""
-
     recipe: ScenesRecipe | DigitsRecipe
     class_names: tuple[str, ...]
     n_max: int
@@ -481,9 +471,7 @@ def load_embedded(name: str) -> EmbeddedData:
     provenance: dict[str, PatchProvenance | None] = {"train": None, "test": None}
     if isinstance(spec.recipe, ScenesRecipe):
         for split in provenance:
-            provenance[split] = PatchProvenance(
-                spec.recipe.photos, arrays[f"{split}_photo"], arrays[f"{split}_boxes"]
-            )
+            provenance[split] = PatchProvenance(spec.recipe.photos, arrays[f"{split}_photo"], arrays[f"{split}_boxes"])
     return EmbeddedData(
         name=name,
         train=ArraySource(arrays["train_images"], arrays["train_labels"], f"{name}-train"),
@@ -667,11 +655,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def _accuracy_table(
-    names: Sequence[str], train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]
-) -> tuple[list[str], dict[str, np.ndarray]]:
+def _accuracy_table(data: EmbeddedData) -> tuple[list[str], dict[str, np.ndarray]]:
+    train, test = (data.train.images, data.train.labels), (data.test.images, data.test.labels)
     accuracies = {baseline: per_class_accuracy(train, test, baseline) for baseline in BASELINES}
-    rows = [[name, *(f"{accuracies[b][label]:.2f}" for b in BASELINES)] for label, name in enumerate(names)]
+    rows = [[name, *(f"{accuracies[b][label]:.2f}" for b in BASELINES)] for label, name in enumerate(data.class_names)]
     rows.append(["**mean**", *(f"**{accuracies[b].mean():.2f}**" for b in BASELINES)])
     return _table(["class", *BASELINES], rows), accuracies
 
@@ -724,11 +711,8 @@ def report_markdown() -> str:
     for name in SCENES_CANDIDATES:
         photo = read_photo(name)
         is_grey = np.array_equal(photo[..., 0], photo[..., 1]) and np.array_equal(photo[..., 1], photo[..., 2])
-        colour = "grey" if is_grey else "colour"
-        rows.append(
-            [f"`{name}`", f"{photo.shape[1]}x{photo.shape[0]}", colour, f"{selection.textured[name]:.2f}",
-             selection.verdicts[name]]
-        )  # fmt: skip
+        rows.append([f"`{name}`", f"{photo.shape[1]}x{photo.shape[0]}", "grey" if is_grey else "colour",
+                     f"{selection.textured[name]:.2f}", selection.verdicts[name]])  # fmt: skip
     lines += _table(["photograph", "size (w x h)", "colour", "textured fraction", "verdict"], rows)
     lines += ["", "Colour baselines of each selection round (per-class test accuracy):", ""]
     for names, accuracies in selection.rounds:
@@ -738,9 +722,7 @@ def report_markdown() -> str:
             [[name, *(f"{accuracies[b][i]:.2f}" for b in accuracies)] for i, name in enumerate(names)],
         )
         lines.append("")
-    table, accuracies = _accuracy_table(
-        scenes.class_names, (scenes.train.images, scenes.train.labels), (scenes.test.images, scenes.test.labels)
-    )
+    table, accuracies = _accuracy_table(scenes)
     best = np.max(np.stack(list(accuracies.values())), axis=0)
     near_chance = [scenes.class_names[i] for i in np.flatnonzero(best < NEAR_CHANCE_FACTOR / len(scenes.class_names))]
     lines += [
@@ -765,9 +747,7 @@ def report_markdown() -> str:
         f"({len(digits.test)} images), the rest the train pool ({len(digits.train)}).",
         "",
     ]
-    table, _ = _accuracy_table(
-        digits.class_names, (digits.train.images, digits.train.labels), (digits.test.images, digits.test.labels)
-    )
+    table, _ = _accuracy_table(digits)
     counts = ", ".join(str(int(c)) for c in np.bincount(digits.train.labels))
     lines += [
         *table,

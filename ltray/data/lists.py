@@ -129,9 +129,7 @@ def read_text_list(path: str | Path) -> ItemList:
         raise DataError(f"{path}: not valid UTF-8 (byte {error.start})") from error
     except OSError as error:
         raise DataError(f"cannot read {path}: {error.strerror}") from error
-    paths: list[str] = []
-    labels: list[int] = []
-    sources: list[str] = []
+    entries: list[tuple[str, int, str]] = []
     for line_number, line in enumerate(text.split("\n"), start=1):
         fields = line.split()
         if not fields:
@@ -140,16 +138,11 @@ def read_text_list(path: str | Path) -> ItemList:
             raise DataError(f"{path}:{line_number}: expected 'path label [source]', found {len(fields)} fields")
         if _LABEL.fullmatch(fields[1]) is None:
             raise DataError(f"{path}:{line_number}: label {fields[1]!r} is not a non-negative integer")
-        paths.append(fields[0])
-        labels.append(int(fields[1]))
-        sources.append(fields[2] if len(fields) == 3 else "")
-    if not paths:
+        entries.append((fields[0], int(fields[1]), fields[2] if len(fields) == 3 else ""))
+    if not entries:
         raise DataError(f"{path}: the list has no entries")
-    return ItemList(
-        labels=np.asarray(labels, dtype=np.int64),
-        paths=tuple(paths),
-        sources=tuple(sources) if any(sources) else None,
-    )
+    paths, labels, sources = zip(*entries)
+    return ItemList(labels=np.asarray(labels, dtype=np.int64), paths=paths, sources=sources if any(sources) else None)
 
 
 def write_text_list(items: ItemList, path: str | Path) -> None:

@@ -108,12 +108,10 @@ def _open_npy(path: Path) -> np.ndarray:
     try:
         with open(path, "rb") as stream:
             version = np.lib.format.read_magic(stream)
-            if version == (1, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
-            elif version == (2, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-            else:
+            readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in readers:
                 raise DataError(f"{path}: unsupported .npy format version {version[0]}.{version[1]}")
+            shape, fortran_order, dtype = readers[version](stream)
             offset = stream.tell()
     except DataError:
         raise
@@ -188,17 +186,17 @@ def _source_chunks(
     source: str, kind: str, root: str | Path | None, size: int | None, source_roots: Mapping[str, str | Path],
     shard_rows: int,
 ) -> tuple[Iterator[Chunk], int, tuple[int, int, int], dict[str, Any]]:
-    """(chunk iterator, pool size, image shape, source description) of one pool source."""
+    """(chunk iterator, pool size, image shape, source description) of one pool source of a kind in KINDS."""
+    if kind == "list":
+        return _list_chunks(Path(source), root, size, source_roots, shard_rows)
     if kind == "npy":
         path = Path(source)
         images = _open_npy(path)
         if size is not None:
             raise ConfigError("--size applies to list sources only; a .npy pool keeps its image size")
         labels = np.full(images.shape[0], -1, dtype=np.int64)
-        shape = (int(images.shape[1]), int(images.shape[2]), 3)
-        description = {"kind": "npy", "path": str(path.resolve()), "bytes": path.stat().st_size}
-        return _array_chunks(images, labels, shard_rows), int(images.shape[0]), shape, description
-    if kind == "embedded":
+        description: dict[str, Any] = {"kind": "npy", "path": str(path.resolve()), "bytes": path.stat().st_size}
+    else:
         from ltray.data.embedded import embedded_pool
 
         count_text = source.partition(":")[2] if source.startswith("embedded:") else ""
@@ -211,12 +209,10 @@ def _source_chunks(
         if size is not None:
             raise ConfigError("--size applies to list sources only; the embedded pool has 16x16 images")
         pool = embedded_pool(n=count, seed=0)
-        shape = (int(pool.images.shape[1]), int(pool.images.shape[2]), 3)
+        images, labels = pool.images, pool.labels
         description = {"kind": "embedded", "n": count, "seed": 0}
-        return _array_chunks(pool.images, pool.labels, shard_rows), len(pool), shape, description
-    if kind == "list":
-        return _list_chunks(Path(source), root, size, source_roots, shard_rows)
-    raise ConfigError(f"pool source kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    shape = (int(images.shape[1]), int(images.shape[2]), 3)
+    return _array_chunks(images, labels, shard_rows), int(images.shape[0]), shape, description
 
 
 # ----- writing ---------------------------------------------------------------------------------------------------
@@ -258,7 +254,6 @@ def _chunk_table(chunk: Chunk, first_index: int) -> pa.Table:
 
 
 def is_pool_folder(path: Path) -> bool:
-    """Whether `path` is a folder whose `pool.json` carries the pool format marker."""
     try:
         return json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("format") == POOL_FORMAT
     except (OSError, ValueError, AttributeError):
@@ -360,8 +355,8 @@ def import_pool(
 # ----- reading ---------------------------------------------------------------------------------------------------
 
 
-def read_pool_info(path: str | Path) -> PoolInfo:
-    """Parse and check a pool folder's `pool.json` (shard files must exist; hashes are checked by `verify_pool`)."""
+def read_pool_info(path: str | Path, verify: bool = False) -> PoolInfo:
+    """Parse and check a pool folder's `pool.json` (shard files must exist; with `verify`, their hashes too)."""
     folder = Path(path)
     manifest_path = folder / MANIFEST
     if not folder.is_dir():
@@ -395,6 +390,8 @@ def read_pool_info(path: str | Path) -> PoolInfo:
         raise DataError(f"{manifest_path}: the shards hold {expected_first} rows, the manifest says {info.size}")
     if content_sha256(info.size, shape, list(shards)) != info.content_sha256:
         raise DataError(f"{manifest_path}: content_sha256 does not match the shard list")
+    if verify:
+        verify_pool(info)
     return info
 
 
@@ -424,9 +421,7 @@ def read_pool_arrays(path: str | Path, verify: bool = True) -> ArraySource:
 
     With `verify` every shard's sha256 is checked first; a corrupt or missing shard raises DataError.
     """
-    info = read_pool_info(path)
-    if verify:
-        verify_pool(info)
+    info = read_pool_info(path, verify)
     images = np.empty((info.size, *info.image_shape), dtype=np.uint8)
     labels = np.empty(info.size, dtype=np.int64)
     for shard in info.shards:
@@ -464,9 +459,7 @@ def open_pool_dataset(
     """
     import ray.data
 
-    info = read_pool_info(path)
-    if verify:
-        verify_pool(info)
+    info = read_pool_info(path, verify)
     # fractional read tasks: on a small machine whose CPUs the training processes hold, whole-CPU readers would
     # wait for them (a silent stall)
     dataset = ray.data.read_parquet([str(p) for p in info.shard_paths], override_num_blocks=len(info.shards),
@@ -512,8 +505,7 @@ def _sample_images(info: PoolInfo, positions: np.ndarray) -> np.ndarray:
 def show_pool(path: str | Path, grid: str | Path | None = None, seed: int = 0) -> str:
     """A summary of a pool (size, image shape, dtype, source, shards); with `grid`, also write a PNG grid of 64
     random items (seeded) there. Shard hashes are verified."""
-    info = read_pool_info(path)
-    verify_pool(info)
+    info = read_pool_info(path, verify=True)
     labels, _, _ = read_pool_items(path)
     height, width, _ = info.image_shape
     source = ", ".join(f"{key}={value}" for key, value in info.source.items())

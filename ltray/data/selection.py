@@ -35,7 +35,6 @@ LIST_NAME = "selected_list.txt"
 
 
 def manifest_path(path: str | Path) -> Path:
-    """The manifest of a selection given as its folder or as the manifest file itself."""
     given = Path(path)
     return given / MANIFEST_NAME if given.is_dir() else given
 

@@ -202,8 +202,7 @@ class ImageListSource:
 
     @property
     def num_classes(self) -> int:
-        labels = self.labels
-        return int(labels.max()) + 1 if labels.size else 0
+        return int(self.labels.max()) + 1 if self.labels.size else 0
 
     def roots(self) -> list[Path]:
         """The image roots the items use: `root` for items without a source, and each named source's root."""
@@ -211,7 +210,6 @@ class ImageListSource:
         return sorted({self.source_roots[source] if source else self.root for source in sources})
 
     def path(self, index: int) -> Path:
-        """The file of item `index`."""
         if not 0 <= index < len(self):
             raise DataError(f"{self.name}: index {index} is out of range for {len(self)} images")
         source = self.items.sources[index] if self.items.sources is not None else ""
@@ -234,11 +232,8 @@ class ImageListSource:
         for root in self.roots():
             if not root.is_dir():
                 raise DataError(f"{self.name}: image root not found: {root}")
-        count = min(sample, len(self))
-        positions: np.ndarray | list[int] = (
-            np.unique(np.linspace(0, len(self) - 1, count).round().astype(np.int64)) if count > 0 else []
-        )
-        for index in positions:
+        count = max(0, min(sample, len(self)))
+        for index in np.unique(np.linspace(0, len(self) - 1, count).round().astype(np.int64)):
             file = self.path(int(index))
             if not file.is_file():
                 raise DataError(f"{self.name}: image not found: {file}")

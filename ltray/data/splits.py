@@ -139,12 +139,10 @@ class ItemList:
         return np.asarray([f"{source}\t{path}" for source, path in zip(sources, paths)], dtype=str)
 
     def is_grouped(self) -> bool:
-        """Whether the items are grouped by ascending class id."""
         return bool(np.all(self.labels[1:] >= self.labels[:-1]))
 
 
 def is_role(name: str) -> bool:
-    """Whether `name` is a split role: one of BASE_ROLES or `shot{s}_{k}`."""
     return name in BASE_ROLES or SHOT_ROLE.fullmatch(name) is not None
 
 
@@ -183,7 +181,6 @@ class Split:
         return f"{self.dataset} split {self.split_id}"
 
     def role(self, name: str) -> ItemList:
-        """The item list of role `name`; DataError when the split has none."""
         if name not in self.lists:
             raise DataError(f"{self.name} has no {name} list (roles: {', '.join(self.lists)})")
         return self.lists[name]
@@ -211,17 +208,13 @@ def data_manifest(
     order = head_to_tail_order(d_i_counts)
     rank = np.empty(num_classes, dtype=np.int64)
     rank[order] = np.arange(num_classes)
-    manifest: dict[str, Any] = {
-        "format": MANIFEST_FORMAT,
-        "dataset": dataset,
-        "split_id": int(split_id),
-        "num_classes": int(num_classes),
+    return {
+        "format": MANIFEST_FORMAT, "dataset": dataset, "split_id": int(split_id), "num_classes": int(num_classes),
+        **fields,
+        "class_order_head_to_tail": order.tolist(),
+        "class_rank_by_count": rank.tolist(),
+        "roles": {role: role_summary(items, num_classes) for role, items in lists.items()},
     }
-    manifest.update(fields)
-    manifest["class_order_head_to_tail"] = order.tolist()
-    manifest["class_rank_by_count"] = rank.tolist()
-    manifest["roles"] = {role: role_summary(items, num_classes) for role, items in lists.items()}
-    return manifest
 
 
 def _labels_vector(labels: Any, num_classes: int) -> np.ndarray:
@@ -244,7 +237,6 @@ def _index_set(values: Any, size: int, what: str) -> np.ndarray:
 
 
 def _class_pools(labels: np.ndarray, candidates: np.ndarray, num_classes: int) -> list[np.ndarray]:
-    """The candidates of each class, sorted ascending."""
     ordered = np.sort(candidates)
     candidate_labels = labels[ordered]
     return [ordered[candidate_labels == label] for label in range(num_classes)]
@@ -558,7 +550,6 @@ def _check_generated_counts(split: Split, counts: Mapping[str, np.ndarray]) -> N
 
 
 def manifest_path(directory: str | Path, dataset: str, split_id: int) -> Path:
-    """Where the manifest of split `split_id` of `dataset` lives in `directory`."""
     return Path(directory) / f"{dataset}_split{split_id}.json"
 
 
@@ -570,7 +561,6 @@ def role_file_name(dataset: str, split_id: int, role: str, items: ItemList, *, s
 
 
 def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -669,7 +659,6 @@ def write_split(
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """A split manifest as a dict; a missing or unparsable file raises DataError."""
     if not path.is_file():
         raise DataError(f"split manifest not found: {path}")
     try:

@@ -24,28 +24,7 @@ from ltray.errors import ConfigError, DataError, LtrayError, TrainingDiverged
 from ltray.eval.augment import random_crop_flip
 from ltray.eval.features import ImageArray, evaluating, extract_features, module_device, to_float_nchw
 from ltray.eval.metrics import RunSummary, evaluate_logits, summarize_runs, topk_accuracy
-from ltray.eval.shots import fixed_shot_subsets, kshot_indices
-
-__all__ = [
-    "ADAM_PRESETS",
-    "CIFAR_FEW",
-    "CIFAR_FULL",
-    "IN100_FEW",
-    "IN100_FULL",
-    "PROBE_SCHEDULES",
-    "AdamPresetName",
-    "AdamProbePreset",
-    "KShotResult",
-    "ProbeResult",
-    "ProbeSchedule",
-    "adam_probe",
-    "fit_sgd_probe",
-    "fixed_shot_subsets",
-    "frozen_backbone",
-    "kshot_indices",
-    "kshot_probe",
-    "sdclr_sgd_probe",
-]
+from ltray.eval.shots import kshot_indices
 
 
 @dataclass(frozen=True)
@@ -120,8 +99,7 @@ ADAM_PRESETS: dict[str, AdamProbePreset] = {
     "gh_adam": dataclasses.replace(_BCL_ADAM, name="gh_adam"),
     "lotar_adam": AdamProbePreset("lotar_adam", lr=3e-4, weight_decay=0.0, epochs=90, batch_size=512, final_lr=None),
 }
-AdamPresetName = Literal["bcl_adam", "gh_adam", "lotar_adam"]
-"""The names of `ADAM_PRESETS`."""
+AdamPresetName = Literal["bcl_adam", "gh_adam", "lotar_adam"]  # the names of ADAM_PRESETS
 
 
 @dataclass

@@ -58,21 +58,17 @@ def _restrict(summary: RunSummary, keys: Mapping[str, str]) -> RunSummary:
 
 def probe_rows(rows: Sequence[SummaryRow], probe: str) -> list[SummaryRow]:
     """The rows restricted to one probe's figures, with the probe prefix removed (`full_all` → `all`)."""
-    result: list[SummaryRow] = []
-    for name, summary in rows:
-        keys = {figure: probe_of(figure)[1] for figure in summary["mean"] if probe_of(figure)[0] == probe}
-        result.append((name, _restrict(summary, keys)))
-    return result
+    return [
+        (name, _restrict(summary, {f: probe_of(f)[1] for f in summary["mean"] if probe_of(f)[0] == probe}))
+        for name, summary in rows
+    ]
 
 
 def comparison_rows(rows: Sequence[SummaryRow]) -> list[SummaryRow]:
     """Per configuration: All, Many, Medium, Few and Std of the main probe, plus All of every other probe."""
     probes = _probes(rows)
-    if not probes:
-        return [(name, _restrict(summary, {})) for name, summary in rows]
-    main, others = probes[0], probes[1:]
-    keys = {f"{main}_{metric}": metric for metric in HEADLINE}
-    for probe in others:
+    keys = {f"{probes[0]}_{metric}": metric for metric in HEADLINE} if probes else {}
+    for probe in probes[1:]:
         label = "few-shot" if probe == "few" else probe.replace("shot", "") + "-shot"
         keys[f"{probe}_all"] = f"{label} All (%)"
     return [(name, _restrict(summary, keys)) for name, summary in rows]

@@ -200,11 +200,9 @@ def build_gh_target(
             )
         weight, max_cosine = approximate_targets(k, d, seed, approximate_steps, approximate_temperature)
         return GHTarget(weight, "approximate", seed, max_cosine, False)
-    if construction == "qr":
-        weight = simplex_etf(k, d, seed)
-    elif construction == "polar":
-        weight = polar_etf(k, d, seed)
-    else:
+    constructions = {"qr": simplex_etf, "polar": polar_etf}
+    if construction not in constructions:
         raise ConfigError(f"gh_target_construction must be 'qr' or 'polar', got {construction!r}")
+    weight = constructions[construction](k, d, seed)
     check_etf(weight)
     return GHTarget(weight, construction, seed, max_pairwise_cosine(weight), True)

@@ -105,17 +105,14 @@ class GHPrior:
 
     def after_iteration(self, epoch: int) -> bool:
         """Call after each iteration's `update`: refreshes π in `iteration` mode during refresh epochs."""
-        if self.refresh_mode == "iteration" and self.should_refresh(epoch, self.warm_up):
-            self.refresh()
-            return True
-        return False
+        return self.refresh_mode == "iteration" and self.end_epoch(epoch)
 
     def end_epoch(self, epoch: int) -> bool:
         """Call at the end of each epoch: refreshes π at the end of every refresh epoch (both modes)."""
-        if self.should_refresh(epoch, self.warm_up):
+        due = self.should_refresh(epoch, self.warm_up)
+        if due:
             self.refresh()
-            return True
-        return False
+        return due
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {f"memory_{key}": value for key, value in self.memory.state_dict().items()}
