@@ -72,7 +72,6 @@ def test_a_run_whose_resources_are_taken_after_the_check_fails_in_bounded_time(c
     placement group of its own behind."""
     import threading
     import time
-    from pathlib import Path
 
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
@@ -80,6 +79,7 @@ def test_a_run_whose_resources_are_taken_after_the_check_fails_in_bounded_time(c
     import ltray.cluster.resources as resources
     from ltray.cluster.train_worker import TrainSettings, fit_training
     from ltray.config import load_config
+    from ltray.shipped import shipped_config_dir
 
     monkeypatch.setenv(resources.TRAIN_START_TIMEOUT_ENV, "2")
     monkeypatch.setenv(RESOURCE_TIMEOUT_ENV, "4")
@@ -88,7 +88,7 @@ def test_a_run_whose_resources_are_taken_after_the_check_fails_in_bounded_time(c
     ray.get(holder.ready(), timeout=60)
     try:
         before = resources.placement_group_ids()
-        cfg = load_config(Path(__file__).resolve().parents[2] / "ltray" / "configs" / "digits_tiny.yaml",
+        cfg = load_config(shipped_config_dir() / "digits_tiny.yaml",
                           {"optim.epochs": 1, "run.name": "starved"})
         outcome: dict[str, BaseException] = {}
 

@@ -22,6 +22,7 @@ from ltray.methods import registry
 from ltray.methods.base import Step
 from ltray.methods.method import build_method
 from ltray.models.contrastive import build_model
+from ltray.shipped import shipped_config_dir
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "adding_a_method.md"
 TEST_NAME = "docalign"
@@ -90,7 +91,7 @@ def test_a_sweep_axis_over_the_example_options_applies_to_its_methods_only(regis
 
     assert key_applies(f"method.{TEST_NAME}.weight", f"simclr+{TEST_NAME}")
     assert not key_applies(f"method.{TEST_NAME}.weight", "simclr")
-    folder = Path(__file__).resolve().parents[2] / "ltray" / "configs"
+    folder = shipped_config_dir()
     spec = load_sweep_spec(folder / "sweep_sdclr.yaml")
     spec.axes = {"method.name": ["simclr", TEST_NAME], f"method.{TEST_NAME}.weight": [0.1, 0.2], "data.split": [1]}
     names = sorted(trial.name for trial in expand_trials(spec))
